@@ -1,0 +1,61 @@
+"""Train a backdoored (or benign) classifier.
+
+    python attack.py --dataset CIFAR10 --attack BadNets                 # the paper's settings
+    python attack.py --dataset CIFAR10 --attack BadNets --preset mini   # minutes on a laptop CPU
+
+Outputs go to attack/<DATASET>/<MODEL>/<ATTACK>/: model.pth, trigger.pth + trigger_*.png,
+config.yaml, metrics.json, log.txt. Run the same command again to resume an interrupted run.
+"""
+from core.attacks import ATTACKS
+from core.cli import int_list, main_guard, new_parser, str2bool
+from core.config import resolve
+from core.data import DATASETS
+from core.models import MODEL_NAMES, NORMALIZATIONS
+from core.run_attack import DEFAULTS, run_attack
+
+
+def parse_args(argv=None):
+    p = new_parser(__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=list(DATASETS))
+    p.add_argument("--model", choices=MODEL_NAMES)
+    p.add_argument("--attack", help=f"one of {', '.join(ATTACKS)}")
+    p.add_argument("--preset", help="YAML preset in configs/attack/ (paper [default], mini)")
+    p.add_argument("--config", help="YAML file of options, applied after the preset")
+    p.add_argument("--tlabel", "--y-target", dest="y_target", type=int, help="target label (default 0)")
+    p.add_argument("--poisoned-rate", "--poisoned_rate", dest="poisoned_rate", type=float)
+    p.add_argument("--trigger", help="trigger file (.pth tensor or image) instead of the generated one")
+    p.add_argument("--alpha", type=float, help="Blended: blend ratio (default 0.1)")
+    p.add_argument("--width", type=int, help="channel width of CIFAR models (64 = standard)")
+    p.add_argument("--normalization", choices=list(NORMALIZATIONS), help="input normalization inside the model")
+    p.add_argument("--epochs", "--epoch", dest="epochs", type=int)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", "--optim", dest="optimizer", choices=["SGD", "Adam"])
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--schedule", choices=["multistep", "cosine", "onecycle", "constant"])
+    p.add_argument("--milestones", type=int_list, help="multistep epochs, e.g. '100,130'")
+    p.add_argument("--gamma", type=float, help="multistep factor")
+    p.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    p.add_argument("--train-size", dest="train_size", type=int, help="class-balanced training subset")
+    p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
+    p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")
+    p.add_argument("--allow-embedded", dest="allow_embedded", type=str2bool,
+                   help="use the CIFAR-10 sample in data/ when no full copy is found")
+    p.add_argument("--out", help="output root (default attack/)")
+    p.add_argument("--device", "--gpu", dest="device", help="auto, cpu, cuda, cuda:1 or a GPU index")
+    p.add_argument("--amp", type=str2bool, help="bf16 autocast on CUDA (default true)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", dest="eval_every", type=int)
+    p.add_argument("--fresh", action="store_true", help="discard an unfinished run in the output folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if "preset" not in args:
+        args.preset = "paper"
+    run_attack(resolve("attack", DEFAULTS, args))
+
+
+if __name__ == "__main__":
+    main_guard(main)

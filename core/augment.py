@@ -1,0 +1,63 @@
+"""Batched data augmentation on the device: one call per batch, no per-sample Python.
+
+All functions take and return float images in [0, 1], N×C×H×W, and draw randomness from an
+optional ``torch.Generator`` living on the images' device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _rand(n, x, generator):
+    return torch.rand(n, device=x.device, generator=generator)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int = 4, generator=None) -> torch.Tensor:
+    """Random crop of the zero-padded image (torchvision ``RandomCrop(H, padding)``) + horizontal flip p=0.5."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    oy = (_rand(n, x, generator) * (2 * padding + 1)).long()
+    ox = (_rand(n, x, generator) * (2 * padding + 1)).long()
+    rows = oy[:, None] + torch.arange(h, device=x.device)
+    cols = ox[:, None] + torch.arange(w, device=x.device)
+    flip = _rand(n, x, generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_resized_crop_flip(x: torch.Tensor, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
+    """``RandomResizedCrop(H, scale)`` + horizontal flip p=0.5, as one bilinear resampling per batch."""
+    n = x.shape[0]
+    area = scale[0] + (scale[1] - scale[0]) * _rand(n, x, generator)
+    log_r = torch.log(torch.tensor(ratio, device=x.device))
+    aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * _rand(n, x, generator))
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop size as a fraction of the side
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (1 - w) * (2 * _rand(n, x, generator) - 1)  # crop centre in [-1, 1] grid units
+    cy = (1 - h) * (2 * _rand(n, x, generator) - 1)
+    sign = torch.where(_rand(n, x, generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_grayscale(x: torch.Tensor, p: float = 0.2, generator=None) -> torch.Tensor:
+    """Replaces each image by its luminance (ITU-R 601, as torchvision) with probability ``p``."""
+    if x.shape[1] != 3:
+        return x
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1).expand_as(x)
+    pick = (_rand(x.shape[0], x, generator) < p)[:, None, None, None]
+    return torch.where(pick, gray, x)
+
+
+AUGMENTATIONS = {
+    "none": lambda x, generator=None: x,
+    "crop_flip": random_crop_flip,  # classifier training (BackdoorBox / the paper)
+    "refine": lambda x, generator=None: random_grayscale(random_resized_crop_flip(x, generator=generator),
+                                                         generator=generator),  # REFINE's UNet training
+}

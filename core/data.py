@@ -1,0 +1,222 @@
+"""Data sets as in-memory uint8 tensors, and batching on the training device.
+
+A data set is a pair ``(images, labels)``: ``images`` is a uint8 tensor N×C×H×W, ``labels`` an int64
+tensor N. Images are converted to float in [0, 1] only per batch, on the device that trains, so that
+the whole of CIFAR-10 (180 MB as uint8) can live on a GPU and no per-sample Python runs in the loop.
+
+Sources understood by :func:`load_dataset`:
+
+* an image-folder tree ``<root>/<DATASET>/{train,test}/<class>/*.{png,jpg}`` (the official REFINE layout);
+* the same tree packed in a ``.tar.gz`` (``../shared/datasets/cifar10-jpeg.tar.gz``, the embedded sample);
+* torchvision's ``cifar-10-batches-py`` folder (CIFAR-10 only).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .seeding import generator
+
+DATASETS = {
+    # name: (number of classes, image side)
+    "CIFAR10": (10, 32),
+    "ImageNet50": (50, 224),
+}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# A real 10,000/2,000 CIFAR-10 sample committed with the code, so the mini preset runs offline.
+EMBEDDED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "cifar10_sample.tar.gz"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class Split:
+    """One split held in memory: uint8 images N×C×H×W and int64 labels N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    source: str  # human-readable description of where the data came from
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "Split":
+        return Split(self.images[indices], self.labels[indices], self.classes, self.source)
+
+
+def dataset_info(name: str) -> tuple[int, int]:
+    """(num_classes, image_size) of a known data set, or a UserError naming the known ones."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def _decode(data: bytes, path: str) -> np.ndarray:
+    import cv2  # imported here so that importing core stays cheap
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"could not decode image {path}; remove or replace the file")
+    return img[:, :, ::-1]  # BGR -> RGB
+
+
+def _stack(images: list[np.ndarray], labels: list[int], classes, size: int, where: str):
+    bad = next((i for i, im in enumerate(images) if im.shape[:2] != (size, size)), None)
+    if bad is not None:
+        raise UserError(
+            f"images in {where} are {images[bad].shape[1]}x{images[bad].shape[0]} but this dataset expects "
+            f"{size}x{size}; resize them first (ImageNet50 expects pre-resized 224x224 images)"
+        )
+    array = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+    return torch.from_numpy(array), torch.tensor(labels, dtype=torch.int64), tuple(classes)
+
+
+def _read_folder_tree(split_dir: Path, size: int):
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for f in sorted((split_dir / name).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(_decode(f.read_bytes(), str(f)))
+                labels.append(label)
+    if not images:
+        raise UserError(f"no images found under {split_dir}/<class>/; check the data layout")
+    return _stack(images, labels, classes, size, str(split_dir))
+
+
+def _read_tarball(archive: Path, dataset: str, split: str, size: int):
+    """Reads ``.../<dataset>/<split>/<class>/<file>`` members of an image-folder tarball."""
+    found: dict[str, list[tuple[str, bytes]]] = {}
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) < 4 or parts[-4:-2] != [dataset, split]:
+                continue
+            if Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(parts[-2], []).append((member.name, tar.extractfile(member).read()))
+    if not found:
+        raise UserError(f"{archive} holds no {dataset}/{split}/<class>/ images")
+    classes = sorted(found)
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path, data in sorted(found[name]):
+            images.append(_decode(data, path))
+            labels.append(label)
+    return _stack(images, labels, classes, size, str(archive))
+
+
+def _read_cifar_batches(folder: Path, split: str):
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    arrays, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        arrays.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry["labels"])
+    return torch.from_numpy(np.concatenate(arrays)), torch.tensor(labels, dtype=torch.int64), CIFAR10_CLASSES
+
+
+def _cache_path(root: Path, dataset: str, split: str) -> Path:
+    return root / f".cache_{dataset}_{split}.pt"
+
+
+def find_source(dataset: str, data_root: str | os.PathLike) -> tuple[str, Path]:
+    """Locates a data set. Returns (kind, path) with kind in {'folder', 'tarball', 'cifar-batches'}."""
+    root = Path(data_root)
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tarball", root
+    for candidate in (root / dataset, root):
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return "folder", candidate
+    if dataset == "CIFAR10":
+        for candidate in (root / "cifar-10-batches-py", root):
+            if (candidate / "test_batch").is_file():
+                return "cifar-batches", candidate
+    raise UserError(
+        f"no {dataset} data found under {root}: put the image-folder tree at {root}/{dataset}/train/<class>/ "
+        f"and {root}/{dataset}/test/<class>/ (for CIFAR-10: mkdir -p data && tar xzf "
+        f"../shared/datasets/cifar10-jpeg.tar.gz -C data), or pass --data-root PATH"
+    )
+
+
+def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_embedded: bool = False) -> Split:
+    """Loads one split (``'train'`` or ``'test'``) of ``dataset`` into memory as uint8 tensors.
+
+    With ``allow_embedded`` the CIFAR-10 sample shipped in ``data/`` is used when no full copy is found.
+    Decoded folder trees are cached next to the data (``.cache_<dataset>_<split>.pt``) so the next run
+    starts in a second.
+    """
+    _, size = dataset_info(dataset)
+    try:
+        kind, path = find_source(dataset, data_root)
+    except UserError:
+        if not (allow_embedded and dataset == "CIFAR10" and EMBEDDED_SAMPLE.is_file()):
+            raise
+        kind, path = "tarball", EMBEDDED_SAMPLE
+    if kind == "folder":
+        cache = _cache_path(path, dataset, split)
+        if cache.is_file():
+            blob = torch.load(cache, weights_only=True)
+            images, labels, classes = blob["images"], blob["labels"], tuple(blob["classes"])
+        else:
+            images, labels, classes = _read_folder_tree(path / split, size)
+            try:
+                tmp = cache.with_suffix(".tmp")
+                torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
+                os.replace(tmp, cache)
+            except OSError:
+                pass  # read-only data folder: no cache, still correct
+    elif kind == "tarball":
+        images, labels, classes = _read_tarball(path, dataset, split, size)
+    else:
+        images, labels, classes = _read_cifar_batches(path, split)
+    source = f"{dataset} {split} from {path}"
+    if path == EMBEDDED_SAMPLE:
+        source += " (embedded CIFAR-10 sample, not the full data set)"
+    return Split(images, labels, classes, f"{source}: {len(labels)} images")
+
+
+def seeded_subset(n: int, size: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of ``size`` of ``n`` items, drawn from ``seed``; balanced per class when labels are given."""
+    if size >= n:
+        return torch.arange(n)
+    g = generator(seed, "subset", n, size)
+    if labels is None:
+        return torch.randperm(n, generator=g)[:size].sort().values
+    classes = labels.unique()
+    per_class = size // len(classes)
+    picks = []
+    for c in classes:
+        idx = (labels == c).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N×C×H×W -> float32 in [0, 1] (no-op for float input)."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+def iterate_batches(images, labels, batch_size, device, shuffle=False, generator=None, drop_last=False):
+    """Yields ``(x, y)`` with x float in [0, 1] on ``device``. Every sample is used unless ``drop_last``.
+
+    ``images`` may already live on ``device`` (then nothing is copied but the batch slice).
+    """
+    n = len(labels)
+    order = torch.randperm(n, generator=generator).to(images.device) if shuffle else None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            xb, yb = images[idx], labels[idx]
+        yield to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)

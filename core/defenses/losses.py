@@ -1,0 +1,43 @@
+"""Losses of REFINE (Eq. 5–7 of the paper)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., 2020), "L_out" form, on one view per sample.
+
+    features: N×D (any scale; L2-normalised here). labels: N ints. For each anchor i with at least one
+    positive p (same label, p != i): -1/|P(i)| · Σ_p log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) ),
+    averaged over those anchors. Returns 0 (with a graph) when no anchor has a positive.
+    """
+    z = F.normalize(features.flatten(1).float(), dim=1)
+    logits = z @ z.t() / temperature
+    n = len(labels)
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))  # a ≠ i in the denominator
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    count = positives.sum(1)
+    has_pos = count > 0
+    if not has_pos.any():
+        return features.sum() * 0.0
+    mean_log_prob_pos = log_prob.masked_fill(~positives, 0.0).sum(1)[has_pos] / count[has_pos]
+    return -mean_log_prob_pos.mean()
+
+
+def remapped_loss(remapped_logits: torch.Tensor, pseudo_labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Classification term between the remapped prediction M(F(T(x))) and the pseudo-labels.
+
+    ``ce``: cross-entropy -log M(softmax F(T(x)))[ȳ] (the paper's Eq. 6). ``bce``: binary cross-entropy
+    between the remapped probability vector and the one-hot pseudo-label, averaged over all N×K entries
+    (what the authors' code computes).
+    """
+    if kind == "ce":
+        return F.cross_entropy(remapped_logits.float(), pseudo_labels)
+    if kind == "bce":
+        probs = remapped_logits.float().softmax(1)
+        target = F.one_hot(pseudo_labels, probs.shape[1]).float()
+        return F.binary_cross_entropy(probs, target)
+    raise ValueError(f"unknown loss {kind!r}; choose ce or bce")

@@ -1,0 +1,39 @@
+"""Benign accuracy (BA) and attack success rate (ASR), with exact counts."""
+from __future__ import annotations
+
+import torch
+
+from .data import iterate_batches
+
+
+@torch.inference_mode()
+def predict(model, images: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
+    """Predicted labels (int64, N, on CPU) of ``model`` for uint8 or [0, 1]-float images N×C×H×W."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    dummy = torch.zeros(len(images), dtype=torch.int64)
+    for x, _ in iterate_batches(images, dummy, batch_size, device):
+        preds.append(model(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+
+
+def accuracy(model, images, labels, batch_size=512, device="cpu") -> dict:
+    """``{'correct', 'total', 'acc'}`` with acc in percent; every sample counts (no dropped last batch)."""
+    correct = int((predict(model, images, batch_size, device) == labels.cpu()).sum())
+    total = len(labels)
+    return {"correct": correct, "total": total, "acc": 100.0 * correct / max(total, 1)}
+
+
+def ba_asr(model, benign_test, poisoned_test, batch_size=512, device="cpu") -> dict:
+    """BA on the whole benign test set; ASR on the poisoned test set (labels = the target class).
+
+    ``poisoned_test`` may be None (benign model): then only BA is reported.
+    """
+    ba = accuracy(model, benign_test.images, benign_test.labels, batch_size, device)
+    result = {"BA": ba["acc"], "BA_correct": ba["correct"], "BA_total": ba["total"]}
+    if poisoned_test is not None:
+        asr = accuracy(model, poisoned_test.images, poisoned_test.labels, batch_size, device)
+        result.update({"ASR": asr["acc"], "ASR_hits": asr["correct"], "ASR_total": asr["total"]})
+    return result

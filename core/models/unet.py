@@ -1,0 +1,69 @@
+"""UNet input transform of REFINE: 4 down / 4 up stages, bilinear upsampling, skip connections.
+
+``channels`` is the width of the first layer (64 on CIFAR-10 and 32 on ImageNet-50 in the paper);
+stage widths are c, 2c, 4c, 8c, 8c. Input and output: float images in [0, 1], N×3×H×W with H, W
+divisible by 16; the output is clamped to [0, 1] so that it is again a valid image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DoubleConv(nn.Module):
+    def __init__(self, in_ch, out_ch, mid_ch=None):
+        super().__init__()
+        mid_ch = mid_ch or out_ch
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False), nn.BatchNorm2d(mid_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(mid_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.double_conv(x)
+
+
+class Down(nn.Module):
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_ch, out_ch))
+
+    def forward(self, x):
+        return self.maxpool_conv(x)
+
+
+class Up(nn.Module):
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.conv = DoubleConv(in_ch, out_ch, in_ch // 2)
+
+    def forward(self, x, skip):
+        x = self.up(x)
+        # odd sizes: pad the upsampled map to the skip connection's size
+        dy, dx = skip.shape[2] - x.shape[2], skip.shape[3] - x.shape[3]
+        if dy or dx:
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    def __init__(self, channels: int = 64, in_channels: int = 3, out_channels: int = 3):
+        super().__init__()
+        c = channels
+        self.inc = DoubleConv(in_channels, c)
+        self.down1, self.down2, self.down3 = Down(c, 2 * c), Down(2 * c, 4 * c), Down(4 * c, 8 * c)
+        self.down4 = Down(8 * c, 8 * c)
+        self.up1, self.up2 = Up(16 * c, 4 * c), Up(8 * c, 2 * c)
+        self.up3, self.up4 = Up(4 * c, c), Up(2 * c, c)
+        self.outc = nn.Conv2d(c, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x5 = self.down4(x4)
+        x = self.up4(self.up3(self.up2(self.up1(x5, x4), x3), x2), x1)
+        return self.outc(x).clamp(0, 1)

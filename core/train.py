@@ -1,0 +1,173 @@
+"""Training machinery shared by the attacks (classifiers) and the defenses (input transforms):
+optimizer and learning-rate schedule from names, a resumable epoch state, and the classifier loop."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import AUGMENTATIONS
+from .checkpoint import atomic_save, safe_load
+from .data import Split, iterate_batches
+from .errors import UserError
+from .seeding import generator
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """'auto'/None -> cuda if available else cpu; 'cuda:1', 'cpu' or a bare GPU index ('0') otherwise."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = f"cuda:{name}" if str(name).isdigit() else str(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
+    if name.lower() == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name.lower() == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise UserError(f"unknown optimizer {name!r}; choose SGD or Adam")
+
+
+def lr_factor(schedule: str, progress: float, epochs: int, milestones=(), gamma=0.1, warmup: float = 0.15) -> float:
+    """Learning-rate multiplier at ``progress`` epochs (a float: epoch + fraction of the epoch done).
+
+    multistep: ``gamma ** (number of milestones passed)`` (the paper's schedules); cosine: half cosine
+    to 0; onecycle: linear warm-up over ``warmup`` of the run, then linear decay to 0; constant: 1.
+    """
+    if schedule == "multistep":
+        return gamma ** sum(progress >= m for m in milestones)
+    t = min(progress / max(epochs, 1e-9), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        return t / warmup if t < warmup else max(1 - t, 0.0) / (1 - warmup)
+    if schedule == "constant":
+        return 1.0
+    raise UserError(f"unknown schedule {schedule!r}; choose multistep, cosine, onecycle or constant")
+
+
+def set_lr(optimizer, base_lr: float, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * factor
+
+
+class EpochState:
+    """Resumable training state in one file, rewritten atomically at the end of every epoch.
+
+    ``fingerprint`` is the resolved config that must match for a resume: starting the same command
+    again continues; starting a different one in the same folder is refused instead of mixing runs.
+    """
+
+    def __init__(self, path, modules: dict[str, nn.Module], optimizer, fingerprint: dict):
+        self.path, self.modules, self.optimizer, self.fingerprint = Path(path), modules, optimizer, fingerprint
+
+    def load(self) -> int:
+        """Restores the saved state if any; returns the number of epochs already done (0 for a new run)."""
+        if not self.path.is_file():
+            return 0
+        blob = safe_load(self.path)
+        if blob.get("fingerprint") != self.fingerprint:
+            changed = sorted(k for k in set(self.fingerprint) | set(blob.get("fingerprint", {}))
+                             if self.fingerprint.get(k) != blob.get("fingerprint", {}).get(k))
+            raise UserError(f"{self.path.parent} holds an unfinished run with other settings ({', '.join(changed)}); "
+                            f"use the same settings to resume, another --out, or --fresh to start over")
+        for name, module in self.modules.items():
+            module.load_state_dict(blob["modules"][name])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        return int(blob["epoch"])
+
+    def save(self, epoch: int) -> None:
+        atomic_save({"epoch": epoch, "fingerprint": self.fingerprint, "optimizer": self.optimizer.state_dict(),
+                     "modules": {n: m.state_dict() for n, m in self.modules.items()}}, self.path)
+
+
+def prepare_cpu() -> None:
+    """Flushes denormal floats to zero: tiny activations or gradients otherwise slow CPU kernels a lot."""
+    torch.set_flush_denormal(True)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (keeps accuracy without a grad scaler); nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def train_classifier(
+    model: nn.Module,
+    train: Split,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    optimizer: str = "SGD",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "multistep",
+    milestones=(100, 130),
+    gamma: float = 0.1,
+    label_smoothing: float = 0.0,
+    augment: str = "crop_flip",
+    device="cpu",
+    amp: bool = True,
+    seed: int = 0,
+    state_path=None,
+    fingerprint: dict | None = None,
+    evaluate: Callable[[int], dict] | None = None,
+    eval_every: int = 10,
+    log: Callable[[str], None] = print,
+) -> nn.Module:
+    """Trains ``model`` (images in [0, 1] -> logits) with cross-entropy on ``train``.
+
+    The training images go to ``device`` once, as uint8; batches are augmented there. With
+    ``state_path`` the run is resumable: the epoch state is saved after every epoch and reloaded on start.
+    ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one.
+    """
+    device = torch.device(device)
+    prepare_cpu()
+    model.to(device).to(memory_format=torch.channels_last)
+    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
+    state = EpochState(state_path, {"model": model}, opt, fingerprint or {}) if state_path else None
+    start = state.load() if state else 0
+    if start:
+        log(f"resuming from the end of epoch {start}/{epochs} ({state_path})")
+    images, labels = train.images.to(device), train.labels.to(device)
+    steps = math.ceil(len(labels) / batch_size)
+    augment_fn = AUGMENTATIONS[augment]
+    for epoch in range(start, epochs):
+        model.train()
+        shuffle = generator(seed, "shuffle", epoch)  # per-epoch streams make a resumed run exact
+        aug_gen = generator(seed, "augment", epoch, device=device)
+        seen, loss_sum, correct, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
+        bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=shuffle),
+                   total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
+        for step, (x, y) in enumerate(bar):
+            set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
+            x = augment_fn(x, generator=aug_gen).contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}",
+                                img_s=f"{seen / (time.time() - t0):.0f}")
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / seen:.4f}, train acc {100 * correct.item() / seen:.2f}%, "
+            f"{seen / (time.time() - t0):.0f} img/s, lr {opt.param_groups[0]['lr']:.5f}")
+        # evaluate before saving: an interruption in between repeats the epoch rather than skipping its evaluation
+        if evaluate and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            evaluate(epoch + 1)
+        if state:
+            state.save(epoch + 1)
+    return model

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from core.attacks import BadNets, Blended, build_attack
+from core.errors import UserError
+
+
+def test_badnets_pastes_the_pattern_exactly_in_the_bottom_right_corner(synthetic):
+    data = synthetic(8)
+    attack = BadNets(image_size=32, seed=3)
+    poisoned = attack.poison_uint8(data.images)
+    pattern = attack.trigger_tensors()["pattern"]  # uint8 1×32×32, zero outside the square
+    assert torch.equal(poisoned[:, :, -3:, -3:], pattern[:, -3:, -3:].expand(8, 3, 3, 3))  # same grey on all channels
+    assert torch.equal(poisoned[:, :, :-3, :], data.images[:, :, :-3, :])
+    assert torch.equal(poisoned[:, :, -3:, :-3], data.images[:, :, -3:, :-3])
+    assert pattern[:, -3:, -3:].float().std() > 0  # random grey levels, not a constant square
+
+
+def test_badnets_imagenet_square_is_20_by_20():
+    attack = BadNets(image_size=224)
+    assert int(attack.weight.sum()) == 400 and attack.weight[-20:, -20:].all()
+
+
+def test_badnets_accepts_the_authors_pattern_file_including_zero_grey_levels(tmp_path):
+    pattern = torch.zeros(32, 32, dtype=torch.uint8)
+    pattern[-3:, -3:] = torch.tensor([[10, 0, 200], [255, 30, 40], [50, 60, 70]], dtype=torch.uint8)
+    torch.save(pattern, tmp_path / "trigger.pth")
+    attack = BadNets(image_size=32, trigger_path=tmp_path / "trigger.pth")
+    x = torch.full((1, 3, 32, 32), 128, dtype=torch.uint8)
+    out = attack.poison_uint8(x)
+    assert torch.equal(out[0, 1, -3:, -3:], pattern[-3:, -3:])  # the 0 inside the square is pasted too
+    assert (out[0, :, :-3] == 128).all()
+
+
+def test_blended_is_the_rounded_convex_mix(synthetic):
+    data = synthetic(6)
+    attack = Blended(image_size=32, alpha=0.1, seed=1)
+    out = attack.poison_uint8(data.images).float()
+    expected = (0.9 * data.images.float() / 255 + 0.1 * attack.pattern) * 255
+    assert (out - expected.round()).abs().max() <= 1  # float rounding at .5 may differ by one level
+    assert (out - expected).abs().max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 1.0])
+def test_poisoned_rate_is_exact_and_only_those_samples_change(synthetic, rate):
+    data = synthetic(200)
+    attack = BadNets(y_target=2, poisoned_rate=rate, seed=5)
+    poisoned, idx = attack.poison_train(data)
+    assert len(idx) == round(rate * 200) and len(set(idx.tolist())) == len(idx)
+    changed_labels = (poisoned.labels != data.labels).nonzero().flatten()
+    assert set(changed_labels.tolist()) <= set(idx.tolist())
+    assert (poisoned.labels[idx] == 2).all()
+    clean = torch.ones(200, dtype=torch.bool)
+    clean[idx] = False
+    assert torch.equal(poisoned.images[clean], data.images[clean])
+
+
+def test_poisoned_test_set_drops_target_class_and_relabels(synthetic):
+    test = synthetic(40, num_classes=4)
+    poisoned = BadNets(y_target=1).poison_test(test)
+    assert len(poisoned) == 30 and (poisoned.labels == 1).all()
+
+
+def test_poisoned_indices_do_not_coincide_with_the_first_shuffled_batch(synthetic):
+    # Regression: with one shared seed, epoch 0 began with nothing but poisoned samples.
+    from core.seeding import generator
+
+    data = synthetic(1000)
+    idx = set(BadNets(poisoned_rate=0.1, seed=0).poison_train(data)[1].tolist())
+    first_batch = torch.randperm(1000, generator=generator(0, "shuffle", 0))[:100].tolist()
+    assert len(idx & set(first_batch)) < 40
+
+
+def test_unknown_attack_and_wrong_image_size_give_clear_errors(synthetic):
+    with pytest.raises(UserError, match="unknown attack 'Nope'.*BadNets"):
+        build_attack("Nope")
+    with pytest.raises(UserError, match="planned"):
+        build_attack("WaNet")
+    with pytest.raises(UserError, match="32x32"):
+        BadNets(image_size=32).poison_uint8(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))

@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from core.augment import random_crop_flip, random_grayscale, random_resized_crop_flip
+from core.data import load_split
+from core.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_tree(root: Path, per_class=3, size=32, classes=10):
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / "CIFAR10" / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+                cv2.imwrite(str(folder / f"{i}.png"), img)
+
+
+def test_folder_tree_and_tarball_give_the_same_tensors(tmp_path):
+    write_tree(tmp_path / "tree")
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "CIFAR10", arcname="CIFAR10")
+    a = load_split("CIFAR10", "train", tmp_path / "tree")
+    b = load_split("CIFAR10", "train", tmp_path / "data.tar.gz")
+    assert a.images.shape == (30, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert (tmp_path / "tree" / "CIFAR10" / ".cache_CIFAR10_train.pt").is_file()
+    assert torch.equal(load_split("CIFAR10", "train", tmp_path / "tree").images, a.images)  # from the cache
+
+
+def test_missing_data_and_wrong_size_errors(tmp_path):
+    with pytest.raises(UserError, match="no CIFAR10 data found.*tar xzf"):
+        load_split("CIFAR10", "train", tmp_path)
+    write_tree(tmp_path, per_class=1, size=20)
+    with pytest.raises(UserError, match="20x20 but this dataset expects 32x32"):
+        load_split("CIFAR10", "test", tmp_path)
+
+
+def test_batched_augmentations_keep_range_and_shape():
+    x = torch.rand(16, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    for out in (random_crop_flip(x, generator=g), random_resized_crop_flip(x, generator=g),
+                random_grayscale(x, generator=g)):
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    gray = random_grayscale(x, p=1.0)
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    shifted = random_crop_flip(x, padding=4, generator=g)
+    # each output is a shifted (maybe mirrored) window of the zero-padded input: its centre survives somewhere
+    assert (shifted != x).any()
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_errors_are_one_line():
+    r = run_cli("attack.py", "--attack", "Nope", "--data-root", "/nonexistent")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown attack 'Nope'" in r.stderr
+    r = run_cli("attack.py", "--attack", "BadNets", "--data-root", "/nonexistent", "--epochs", "1")
+    assert r.returncode == 2 and "no CIFAR10 data found under /nonexistent" in r.stderr
+    r = run_cli("refine.py", "--attack", "Blended", "--attack-dir", "/nonexistent", "--data-root", "/nonexistent")
+    assert r.returncode == 2 and "run `python attack.py" in r.stderr
+
+
+def test_attack_then_refine_then_eval_end_to_end(tmp_path):
+    write_tree(tmp_path / "data", per_class=4)
+    common = ["--data-root", str(tmp_path / "data"), "--preset", "mini"]
+    r = run_cli("attack.py", "--attack", "BadNets", "--epochs", "1", "--width", "4", "--out", str(tmp_path / "attack"),
+                *common)
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets"
+    for name in ("model.pth", "trigger.pth", "trigger_pattern.png", "config.yaml", "metrics.json", "log.txt"):
+        assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["final"]["BA_total"] == 40 and metrics["final"]["ASR_total"] == 36
+    r = run_cli("refine.py", "--attack", "BadNets", "--epochs", "1", "--unet-channels", "4", "--attack-dir",
+                str(tmp_path / "attack"), "--out", str(tmp_path / "refine"), *common)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "refine" / "CIFAR10" / "ResNet18" / "BadNets" / "mini_seed0"
+    log = (run / "log.txt").read_text()
+    assert log.index("no defense") < log.index("REFINE after epoch 1")
+    mapping = json.loads((run / "label_mapping.json").read_text())["permutation"]
+    assert all(p != j for j, p in enumerate(mapping))
+    r = run_cli("refine.py", "--eval", str(run), "--data-root", str(tmp_path / "data"))
+    assert r.returncode == 0, r.stderr
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert f"BA {final['BA']:.2f}%" in r.stdout and f"ASR {final['ASR']:.2f}%" in r.stdout

@@ -1,0 +1,94 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from core.attacks import BadNets
+from core.defenses import REFINE, LabelRemap, load_defended, random_derangement, save_defended
+from core.defenses.losses import remapped_loss, supcon_loss
+from core.metrics import ba_asr
+from core.models import UNet, build_classifier
+from core.train import train_classifier
+
+
+@pytest.mark.parametrize("k", [2, 3, 10, 50])
+def test_mapping_is_a_derangement(k):
+    for seed in range(30):
+        perm = random_derangement(k, torch.Generator().manual_seed(seed))
+        assert sorted(perm.tolist()) == list(range(k))
+        assert all(perm[j] != j for j in range(k))
+
+
+def test_remap_moves_class_j_to_position_pi_j():
+    perm = torch.tensor([2, 0, 3, 1])
+    scores = torch.tensor([[10.0, 11.0, 12.0, 13.0]])
+    out = LabelRemap(perm)(scores)
+    for j in range(4):
+        assert out[0, perm[j]] == scores[0, j]
+
+
+def test_supcon_matches_a_hand_computation():
+    feats = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    tau = 0.5
+    z = feats / feats.norm(dim=1, keepdim=True)
+    expected = []
+    for i in range(4):
+        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in range(4) if a != i)
+        pos = [p for p in range(4) if p != i and labels[p] == labels[i]]
+        expected.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in pos) / len(pos))
+    assert supcon_loss(feats, labels, tau).item() == pytest.approx(sum(expected) / 4, rel=1e-5)
+
+
+def test_supcon_ignores_anchors_without_positives():
+    feats = torch.randn(3, 5)
+    assert supcon_loss(feats, torch.tensor([0, 1, 2])).item() == 0.0
+    with_pairs = supcon_loss(feats, torch.tensor([0, 0, 2]))
+    assert torch.isfinite(with_pairs)
+
+
+def test_ce_and_bce_losses():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    y = torch.tensor([0])
+    p = logits.softmax(1)
+    assert remapped_loss(logits, y, "ce").item() == pytest.approx(-math.log(p[0, 0]), rel=1e-6)
+    bce = -(math.log(p[0, 0]) + math.log(1 - p[0, 1]) + math.log(1 - p[0, 2])) / 3
+    assert remapped_loss(logits, y, "bce").item() == pytest.approx(bce, rel=1e-5)
+
+
+def _backdoored_model(synthetic):
+    train, test = synthetic(600, seed=1), synthetic(200, seed=2)
+    attack = BadNets(y_target=0, poisoned_rate=0.1, seed=0)
+    torch.manual_seed(0)
+    model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
+    train_classifier(model, attack.poison_train(train)[0], epochs=6, batch_size=32, lr=0.05, schedule="onecycle",
+                     device="cpu", log=lambda m: None)
+    return model.eval(), train, test, attack.poison_test(test)
+
+
+def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(synthetic, tmp_path):
+    model, train, test, poisoned = _backdoored_model(synthetic)
+    before = ba_asr(model, test, poisoned)
+    assert before["ASR"] > 90
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}  # weights and BN buffers
+    torch.manual_seed(0)
+    defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
+    defense.train(train.images, epochs=5, batch_size=32, lr=2e-3, optimizer="Adam", schedule="constant",
+                  log=lambda m: None)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, frozen[k]), f"REFINE changed F's {k}"
+    after = defense.test(test, poisoned)
+    assert after["ASR"] < before["ASR"] - 50, (before, after)
+    assert after["BA"] > 70, after
+
+    # the saved single-module defense gives exactly the training-time forward M(F(T(x)))
+    x = test.images[:16].float() / 255
+    with torch.inference_mode():
+        direct = defense.remap(model(defense.unet.eval()(x)))
+    save_defended(tmp_path / "d.pth", defense.defended_model(), 8, dataset="CIFAR10")
+    loaded, meta = load_defended(tmp_path / "d.pth")
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), direct, atol=1e-5)
+    assert torch.equal(defense.predict(x).cpu(), direct.argmax(1))
+    assert meta["dataset"] == "CIFAR10"

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from core.attacks import BadNets
+from core.metrics import ba_asr
+from core.models import build_classifier
+from core.train import train_classifier
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _train(data, state_path, epochs, evaluate=None):
+    torch.manual_seed(0)
+    model = build_classifier("ResNet18", "CIFAR10", 4, width=4)
+    train_classifier(model, data, epochs=epochs, batch_size=32, lr=0.05, schedule="cosine", device="cpu",
+                     state_path=state_path, fingerprint={"epochs": epochs}, evaluate=evaluate, eval_every=1,
+                     log=lambda m: None)
+    return model
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, synthetic):
+    data = synthetic(96)
+    reference = _train(data, tmp_path / "a.pth", 3)
+
+    def crash_after_epoch_2(epoch):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _train(data, tmp_path / "b.pth", 3, evaluate=crash_after_epoch_2)
+    assert torch.load(tmp_path / "b.pth", weights_only=True)["epoch"] == 1  # epoch 2 not saved: it is redone
+    seen = []
+    resumed = _train(data, tmp_path / "b.pth", 3, evaluate=seen.append)
+    assert seen == [2, 3]
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, synthetic):
+    from core.errors import UserError
+
+    data = synthetic(32)
+    _train(data, tmp_path / "s.pth", 1)
+    with pytest.raises(UserError, match="other settings"):
+        _train(data, tmp_path / "s.pth", 2)
+
+
+def test_tiny_badnets_attack_really_fires(synthetic):
+    train, test = synthetic(600, seed=1), synthetic(200, seed=2)
+    attack = BadNets(y_target=0, poisoned_rate=0.1, seed=0)
+    poisoned_train, _ = attack.poison_train(train)
+    torch.manual_seed(0)
+    model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
+    train_classifier(model, poisoned_train, epochs=6, batch_size=32, lr=0.05, schedule="onecycle", device="cpu",
+                     log=lambda m: None)
+    m = ba_asr(model, test, attack.poison_test(test))
+    assert m["BA"] > 80, m
+    assert m["ASR"] > 90, m  # chance would be about 25 %
