@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--milestones", type=int_list, help="multistep epochs, e.g. '100,130'")
     p.add_argument("--gamma", type=float, help="multistep factor")
     p.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    p.add_argument("--augment", choices=["crop_flip", "flip", "none"], help="training augmentation (crop_flip)")
     p.add_argument("--train-size", dest="train_size", type=int, help="class-balanced training subset")
     p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
     p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")

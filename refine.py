@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=["multistep", "cosine", "onecycle", "constant"])
     p.add_argument("--milestones", type=int_list)
     p.add_argument("--decay", type=float, help="multistep factor (0.8)")
+    p.add_argument("--augment", choices=["refine", "crop_flip", "flip", "none"],
+                   help="augmentation of the unlabeled images (refine: resized crop + flip + grayscale)")
     p.add_argument("--epochs", "--epoch", dest="epochs", type=int)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--data-fraction", dest="data_fraction", type=float, help="share of the unlabeled data used")

@@ -58,6 +58,7 @@ def random_grayscale(x: torch.Tensor, p: float = 0.2, generator=None) -> torch.T
 AUGMENTATIONS = {
     "none": lambda x, generator=None: x,
     "crop_flip": random_crop_flip,  # classifier training (BackdoorBox / the paper)
+    "flip": lambda x, generator=None: random_crop_flip(x, padding=0, generator=generator),
     "refine": lambda x, generator=None: random_grayscale(random_resized_crop_flip(x, generator=generator),
                                                          generator=generator),  # REFINE's UNet training
 }

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import iterate_batches
+from .data import iterate_batches, memory_format
 
 
 @torch.inference_mode()
@@ -14,7 +14,7 @@ def predict(model, images: torch.Tensor, batch_size: int = 512, device="cpu") ->
     preds = []
     dummy = torch.zeros(len(images), dtype=torch.int64)
     for x, _ in iterate_batches(images, dummy, batch_size, device):
-        preds.append(model(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
+        preds.append(model(x.contiguous(memory_format=memory_format(device))).argmax(1).cpu())
     model.train(was_training)
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
 

@@ -19,7 +19,7 @@ DEFAULTS = {
     "dataset": "CIFAR10", "model": "ResNet18", "attack": "BadNets", "width": 64, "normalization": "cifar10",
     "y_target": 0, "poisoned_rate": 0.1, "trigger": None, "alpha": 0.1,
     "epochs": 150, "batch_size": 128, "lr": 0.1, "optimizer": "SGD", "momentum": 0.9, "weight_decay": 5e-4,
-    "schedule": "multistep", "milestones": [100, 130], "gamma": 0.1, "label_smoothing": 0.0,
+    "schedule": "multistep", "milestones": [100, 130], "gamma": 0.1, "label_smoothing": 0.0, "augment": "crop_flip",
     "train_size": None, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "attack", "device": "auto", "amp": True, "seed": 0,
     "eval_every": 10, "eval_batch_size": 1024, "fresh": False,
@@ -27,7 +27,7 @@ DEFAULTS = {
 # Settings that change the trained model: a resume is refused if any of them differs.
 TRAINING_KEYS = ("dataset", "model", "attack", "width", "normalization", "y_target", "poisoned_rate", "trigger",
                  "alpha", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-                 "milestones", "gamma", "label_smoothing", "train_size", "seed")
+                 "milestones", "gamma", "label_smoothing", "augment", "train_size", "seed")
 
 
 def run_dir(config: dict) -> Path:
@@ -83,7 +83,7 @@ def run_attack(config: dict) -> dict:
     train_classifier(model, poisoned_train, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
                      optimizer=config["optimizer"], momentum=config["momentum"], weight_decay=config["weight_decay"],
                      schedule=config["schedule"], milestones=config["milestones"], gamma=config["gamma"],
-                     label_smoothing=config["label_smoothing"], device=device, amp=config["amp"], seed=config["seed"],
+                     label_smoothing=config["label_smoothing"], augment=config["augment"], device=device, amp=config["amp"], seed=config["seed"],
                      state_path=state_path, fingerprint=fingerprint, evaluate=evaluate,
                      eval_every=config["eval_every"], log=run.log)
     done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .augment import AUGMENTATIONS
 from .checkpoint import atomic_save, safe_load
-from .data import Split, iterate_batches
+from .data import Split, iterate_batches, memory_format
 from .errors import UserError
 from .seeding import generator
 
@@ -90,11 +90,6 @@ class EpochState:
                      "modules": {n: m.state_dict() for n, m in self.modules.items()}}, self.path)
 
 
-def prepare_cpu() -> None:
-    """Flushes denormal floats to zero: tiny activations or gradients otherwise slow CPU kernels a lot."""
-    torch.set_flush_denormal(True)
-
-
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA (keeps accuracy without a grad scaler); nothing on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
@@ -131,8 +126,8 @@ def train_classifier(
     ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one.
     """
     device = torch.device(device)
-    prepare_cpu()
-    model.to(device).to(memory_format=torch.channels_last)
+    layout = memory_format(device)
+    model.to(device).to(memory_format=layout)
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
     state = EpochState(state_path, {"model": model}, opt, fingerprint or {}) if state_path else None
     start = state.load() if state else 0
@@ -150,7 +145,7 @@ def train_classifier(
                    total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
         for step, (x, y) in enumerate(bar):
             set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
-            x = augment_fn(x, generator=aug_gen).contiguous(memory_format=torch.channels_last)
+            x = augment_fn(x, generator=aug_gen).contiguous(memory_format=layout)
             with autocast(device, amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-torch.set_num_threads(2)
+from core.data import Split  # noqa: E402  (importing core first sets its CPU flags before threads start)
 
-from core.data import Split  # noqa: E402
+torch.set_num_threads(2)
 
 
 def make_synthetic(n: int, num_classes: int = 4, size: int = 32, seed: int = 0) -> Split:
@@ -16,7 +16,7 @@ def make_synthetic(n: int, num_classes: int = 4, size: int = 32, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     colours = torch.rand(num_classes, 3, 1, 1, generator=torch.Generator().manual_seed(123)) * 0.6 + 0.2
     labels = torch.arange(n) % num_classes
-    images = colours[labels] + 0.12 * torch.randn(n, 3, size, size, generator=g)
+    images = colours[labels] + 0.04 * torch.randn(n, 3, size, size, generator=g)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return Split(images, labels, tuple(f"c{i}" for i in range(num_classes)), "synthetic")
 

@@ -59,11 +59,11 @@ def test_ce_and_bce_losses():
 
 def _backdoored_model(synthetic):
     train, test = synthetic(600, seed=1), synthetic(200, seed=2)
-    attack = BadNets(y_target=0, poisoned_rate=0.1, seed=0)
+    attack = BadNets(y_target=0, poisoned_rate=0.2, seed=0)  # as in test_training's backdoor
     torch.manual_seed(0)
     model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
-    train_classifier(model, attack.poison_train(train)[0], epochs=6, batch_size=32, lr=0.05, schedule="onecycle",
-                     device="cpu", log=lambda m: None)
+    train_classifier(model, attack.poison_train(train)[0], epochs=8, batch_size=32, lr=3e-3, optimizer="Adam",
+                     weight_decay=0, schedule="onecycle", augment="flip", device="cpu", log=lambda m: None)
     return model.eval(), train, test, attack.poison_test(test)
 
 

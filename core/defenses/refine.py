@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..augment import AUGMENTATIONS
 from ..checkpoint import FORMAT as CLASSIFIER_FORMAT
 from ..checkpoint import atomic_save, safe_load
-from ..data import iterate_batches
+from ..data import iterate_batches, memory_format
 from ..errors import UserError
 from ..metrics import ba_asr
 from ..models import Classifier, UNet, build_classifier
@@ -87,8 +87,9 @@ class REFINE:
         if loss not in ("ce", "bce"):
             raise UserError(f"unknown loss {loss!r}; choose ce or bce")
         self.device = torch.device(device)
-        self.unet = unet.to(self.device).to(memory_format=torch.channels_last)
-        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.layout = memory_format(self.device)
+        self.unet = unet.to(self.device).to(memory_format=self.layout)
+        self.model = model.to(self.device).to(memory_format=self.layout).eval()
         for p in self.model.parameters():  # F is frozen: no gradient to its weights, BN stays in eval mode
             p.requires_grad_(False)
         perm = random_derangement(num_classes, generator(seed, "label-mapping")) if remap else torch.arange(num_classes)
@@ -163,7 +164,7 @@ class REFINE:
                        disable=None)
             for step, (x, _) in enumerate(bar):
                 set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
-                x = augment_fn(x, generator=aug_gen).contiguous(memory_format=torch.channels_last)
+                x = augment_fn(x, generator=aug_gen).contiguous(memory_format=self.layout)
                 loss, parts = self.losses(x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
