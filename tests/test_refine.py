@@ -58,8 +58,9 @@ def test_ce_and_bce_losses():
 
 
 def _backdoored_model(synthetic):
-    train, test = synthetic(600, seed=1), synthetic(200, seed=2)
-    attack = BadNets(y_target=0, poisoned_rate=0.2, seed=0)  # as in test_training's backdoor
+    # 16×16 images keep the UNet cheap; the 3×3 trigger and the recipe are those of test_training
+    train, test = synthetic(600, seed=1, size=16), synthetic(200, seed=2, size=16)
+    attack = BadNets(y_target=0, poisoned_rate=0.2, seed=0, image_size=16)
     torch.manual_seed(0)
     model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
     train_classifier(model, attack.poison_train(train)[0], epochs=8, batch_size=32, lr=3e-3, optimizer="Adam",
@@ -74,8 +75,8 @@ def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(synthet
     frozen = {k: v.clone() for k, v in model.state_dict().items()}  # weights and BN buffers
     torch.manual_seed(0)
     defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
-    defense.train(train.images, epochs=5, batch_size=32, lr=2e-3, optimizer="Adam", schedule="constant",
-                  log=lambda m: None)
+    defense.train(train.images, epochs=10, batch_size=32, lr=5e-3, optimizer="Adam", weight_decay=0,
+                  schedule="onecycle", log=lambda m: None)
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), f"REFINE changed F's {k}"
     after = defense.test(test, poisoned)
@@ -83,7 +84,7 @@ def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(synthet
     assert after["BA"] > 70, after
 
     # the saved single-module defense gives exactly the training-time forward M(F(T(x)))
-    x = test.images[:16].float() / 255
+    x = test.images[:16].float() / 255  # N×3×16×16 in [0, 1]
     with torch.inference_mode():
         direct = defense.remap(model(defense.unet.eval()(x)))
     save_defended(tmp_path / "d.pth", defense.defended_model(), 8, dataset="CIFAR10")
