@@ -9,13 +9,16 @@ from .data import iterate_batches, memory_format
 @torch.inference_mode()
 def predict(model, images: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
     """Predicted labels (int64, N, on CPU) of ``model`` for uint8 or [0, 1]-float images N×C×H×W."""
-    was_training = model.training
+    # restore each submodule's own mode afterwards: a blanket model.train() would also switch a frozen
+    # sub-model (REFINE's F) to training mode and let its BatchNorm statistics drift
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     preds = []
     dummy = torch.zeros(len(images), dtype=torch.int64)
     for x, _ in iterate_batches(images, dummy, batch_size, device):
         preds.append(model(x.contiguous(memory_format=memory_format(device))).argmax(1).cpu())
-    model.train(was_training)
+    for module, mode in modes:
+        module.training = mode
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
 
 

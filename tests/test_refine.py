@@ -93,3 +93,18 @@ def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(synthet
         assert torch.allclose(loaded(x), direct, atol=1e-5)
     assert torch.equal(defense.predict(x).cpu(), direct.argmax(1))
     assert meta["dataset"] == "CIFAR10"
+
+
+def test_evaluation_during_training_leaves_f_in_eval_mode(synthetic):
+    # Regression: predict() used to call model.train(True) on the whole defended model after evaluating,
+    # which switched the frozen F to training mode and let its BatchNorm statistics drift.
+    model = build_classifier("ResNet18", "CIFAR10", 4, width=4).eval()
+    defense = REFINE(UNet(4), model, num_classes=4, seed=0)
+    data = synthetic(8, size=16)
+    defended = defense.defended_model().train()  # a fresh module is in training mode, as in the old bug
+    model.eval()
+    from core.metrics import predict
+
+    predict(defended, data.images)
+    assert not any(m.training for m in model.modules())
+    assert defense.unet.training  # each submodule gets its own mode back

@@ -156,6 +156,7 @@ class REFINE:
         augment_fn = AUGMENTATIONS[augment]
         for epoch in range(start, epochs):
             self.unet.train()
+            self.model.eval()  # F stays frozen, BatchNorm included
             shuffle = generator(self.seed, "refine-shuffle", epoch)
             aug_gen = generator(self.seed, "refine-augment", epoch, device=self.device)
             sums, seen, t0 = {}, 0, time.time()
