@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .models import Classifier, build_classifier
+from .models import Classifier, build_classifier, dataset_kind
 
 FORMAT = "refine-toolkit/classifier-v1"
 
@@ -40,6 +40,12 @@ def save_classifier(path, classifier: Classifier, **meta) -> None:
     """Saves the bare network's state_dict (BackdoorBox names) with what is needed to rebuild it."""
     state = {k: v.detach().cpu() for k, v in classifier.net.state_dict().items()}
     atomic_save({"format": FORMAT, "spec": classifier.spec, "state_dict": state, "meta": meta}, path)
+
+
+def classifier_from_spec(spec: dict) -> Classifier:
+    """An untrained classifier of the architecture a saved ``spec`` describes."""
+    dataset = "ImageNet50" if spec["dataset_kind"] == "imagenet" else "CIFAR10"
+    return build_classifier(spec["model"], dataset, spec["num_classes"], spec["width"], spec["normalization"])
 
 
 def _raw_state_dict(blob: dict) -> dict:
@@ -73,7 +79,7 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
         if num_classes and num_classes != spec["num_classes"]:
             raise UserError(f"{path} was trained for {spec['num_classes']} classes, not {num_classes}; "
                             f"use it with the dataset it was trained on")
-        if dataset and spec["dataset_kind"] != ("imagenet" if dataset.lower().startswith("imagenet") else "cifar"):
+        if dataset and spec["dataset_kind"] != dataset_kind(dataset):
             raise UserError(f"{path} is a {spec['dataset_kind']} model and cannot be used on {dataset}")
     else:
         if not (model and dataset):
@@ -84,11 +90,10 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
         classes = int(head.shape[0]) if head is not None else num_classes
         if num_classes and classes != num_classes:
             raise UserError(f"{path} has {classes} output classes, but {dataset} has {num_classes}")
-        spec = {"model": model, "dataset_kind": "imagenet" if dataset.lower().startswith("imagenet") else "cifar",
+        spec = {"model": model, "dataset_kind": dataset_kind(dataset),
                 "num_classes": classes or 10, "width": _infer_width(state, model),
                 "normalization": normalization or "none"}
-    classifier = build_classifier(spec["model"], "ImageNet50" if spec["dataset_kind"] == "imagenet" else "CIFAR10",
-                                  spec["num_classes"], spec["width"], spec["normalization"])
+    classifier = classifier_from_spec(spec)
     try:
         classifier.net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

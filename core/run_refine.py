@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .attacks import build_attack
-from .checkpoint import load_classifier
+from .checkpoint import atomic_save, load_classifier
 from .config import read_yaml
 from .data import dataset_info, load_split, seeded_subset
 from .defenses import REFINE, load_defended, save_defended
@@ -112,8 +112,7 @@ def run_refine(config: dict) -> dict:
         metrics = defense.test(test, poisoned_test, config["eval_batch_size"])
         run.append_metric("evaluations", {"epoch": epoch, **metrics})
         run.log(f"REFINE after epoch {epoch}: {format_metrics(metrics)}")
-        torch.save({k: v.cpu() for k, v in defense.unet.state_dict().items()}, folder / f".unet.tmp")
-        (folder / ".unet.tmp").replace(folder / "unet.pth")
+        atomic_save({k: v.cpu() for k, v in defense.unet.state_dict().items()}, folder / "unet.pth")
         return metrics
 
     started = time.time()

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from ..augment import AUGMENTATIONS
 from ..checkpoint import FORMAT as CLASSIFIER_FORMAT
-from ..checkpoint import atomic_save, safe_load
+from ..checkpoint import atomic_save, classifier_from_spec, safe_load
 from ..data import iterate_batches, memory_format
 from ..errors import UserError
 from ..metrics import ba_asr
-from ..models import Classifier, UNet, build_classifier
+from ..models import Classifier, UNet
 from ..seeding import generator
 from ..train import EpochState, autocast, lr_factor, make_optimizer, set_lr
 from .losses import remapped_loss, supcon_loss
@@ -61,8 +61,7 @@ def load_defended(path) -> tuple[DefendedModel, dict]:
     if blob.get("format") != DEFENDED_FORMAT:
         raise UserError(f"{path} is not a defended model saved by refine.py (look for defended_model.pth in the run)")
     spec = blob["classifier"]["spec"]
-    classifier = build_classifier(spec["model"], "ImageNet50" if spec["dataset_kind"] == "imagenet" else "CIFAR10",
-                                  spec["num_classes"], spec["width"], spec["normalization"])
+    classifier = classifier_from_spec(spec)
     classifier.net.load_state_dict(blob["classifier"]["state_dict"])
     unet = UNet(blob["unet_channels"])
     unet.load_state_dict(blob["unet"])
