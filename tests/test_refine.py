@@ -108,3 +108,16 @@ def test_evaluation_during_training_leaves_f_in_eval_mode(synthetic):
     predict(defended, data.images)
     assert not any(m.training for m in model.modules())
     assert defense.unet.training  # each submodule gets its own mode back
+
+
+def test_unet_starts_inside_the_clamp_range_and_passes_gradients():
+    torch.manual_seed(0)  # with PyTorch's default init, this seed starts 2 of 3 output channels fully clamped
+    unet = UNet(16)
+    x = torch.rand(8, 3, 32, 32)
+    for mode in (unet.train, unet.eval):
+        mode()
+        out = unet(x)
+        assert torch.all((out > 0) & (out < 1)), "no output pixel may start clamped (zero gradient)"
+    unet.train()
+    unet(x)[:, 0].mean().backward()
+    assert unet.outc.weight.grad[0].abs().sum() > 0
