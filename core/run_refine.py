@@ -135,7 +135,7 @@ def run_refine(config: dict) -> dict:
 
 
 def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embedded: bool = False,
-                 batch_size: int = 1024) -> dict:
+                 batch_size: int | None = None) -> dict:
     """BA/ASR of a saved defense (``<run>/defended_model.pth``) on the benign and poisoned test sets."""
     folder = Path(run_folder)
     path = folder / "defended_model.pth" if folder.is_dir() else folder
@@ -146,4 +146,5 @@ def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embed
     test = load_split(dataset, "test", data_root, allow_embedded or saved.get("allow_embedded", False))
     poisoned_test, _ = poisoned_testset({**DEFAULTS, **saved}, meta.get("attack"), test, image_size)
     device = resolve_device(device)
+    batch_size = batch_size or (1024 if device.type == "cuda" else 128)  # small batches are faster on a CPU
     return ba_asr(model.to(device), test, poisoned_test, batch_size, device)
