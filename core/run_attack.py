@@ -93,4 +93,8 @@ def run_attack(config: dict) -> dict:
     wall = time.time() - started
     run.update_metrics(final=final, attack=attack.config(), data=train.source, train_wall_seconds_this_call=round(wall, 1))
     run.log(f"done in {wall / 60:.1f} min: {format_metrics(final)}; model at {folder / 'model.pth'}")
+    if final.get("ASR", 100.0) < 50:
+        run.log(f"warning: ASR is only {final['ASR']:.2f}%: the backdoor did not take, so a defense has nothing to "
+                f"remove; train longer (--epochs) or on more data (the embedded sample needs more epochs than the "
+                f"full CIFAR-10)")
     return final
