@@ -6,6 +6,12 @@ import torch
 from .data import iterate_batches, memory_format
 
 
+def default_eval_batch_size(device) -> int:
+    """Evaluation batch for ``device``: large on a GPU; cache-sized on a CPU, where 128 ran about 1.7x faster
+    than 1024 (width-16 ResNet-18, 2 cores)."""
+    return 1024 if torch.device(device).type == "cuda" else 128
+
+
 @torch.inference_mode()
 def predict(model, images: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
     """Predicted labels (int64, N, on CPU) of ``model`` for uint8 or [0, 1]-float images N×C×H×W."""

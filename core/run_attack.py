@@ -9,7 +9,7 @@ import torch
 from .attacks import build_attack
 from .checkpoint import save_classifier
 from .data import dataset_info, load_split, seeded_subset
-from .metrics import ba_asr
+from .metrics import ba_asr, default_eval_batch_size
 from .models import build_classifier
 from .runlog import RunLog, format_metrics
 from .train import resolve_device, train_classifier
@@ -22,7 +22,7 @@ DEFAULTS = {
     "schedule": "multistep", "milestones": [100, 130], "gamma": 0.1, "label_smoothing": 0.0, "augment": "crop_flip",
     "train_size": None, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "attack", "device": "auto", "amp": True, "seed": 0,
-    "eval_every": 10, "eval_batch_size": 1024, "fresh": False,
+    "eval_every": 10, "eval_batch_size": None, "fresh": False,
 }
 # Settings that change the trained model: a resume is refused if any of them differs.
 TRAINING_KEYS = ("dataset", "model", "attack", "width", "normalization", "y_target", "poisoned_rate", "trigger",
@@ -55,8 +55,9 @@ def run_attack(config: dict) -> dict:
     if config["fresh"]:
         state_path.unlink(missing_ok=True)
     run = RunLog(folder, resume=state_path.is_file())
-    run.write_config(config)
     device = resolve_device(config["device"])
+    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device)}
+    run.write_config(config)
     run.log(f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} (width {config['width']}), "
             f"device {device}, output {folder}")
     torch.manual_seed(config["seed"])

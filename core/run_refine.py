@@ -13,7 +13,7 @@ from .config import read_yaml
 from .data import dataset_info, load_split, seeded_subset
 from .defenses import REFINE, load_defended, save_defended
 from .errors import UserError
-from .metrics import ba_asr
+from .metrics import ba_asr, default_eval_batch_size
 from .models import UNet
 from .runlog import RunLog, format_metrics
 from .train import resolve_device
@@ -27,7 +27,7 @@ DEFAULTS = {
     "schedule": "multistep", "milestones": [100, 130], "decay": 0.8, "augment": "refine",
     "data_fraction": 1.0, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "refine_res", "run_name": None, "device": "auto", "amp": True, "seed": 0,
-    "eval_every": 10, "eval_batch_size": 1024, "fresh": False,
+    "eval_every": 10, "eval_batch_size": None, "fresh": False,
 }
 TRAINING_KEYS = ("dataset", "model", "attack", "model_path", "unet_channels", "loss", "sup", "temperature", "remap",
                  "optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size", "schedule", "milestones",
@@ -76,8 +76,9 @@ def run_refine(config: dict) -> dict:
     if config["fresh"]:
         state_path.unlink(missing_ok=True)
     run = RunLog(folder, resume=state_path.is_file())
-    run.write_config(config)
     device = resolve_device(config["device"])
+    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device)}
+    run.write_config(config)
     classifier, attack_config, model_path = load_target_model(config, num_classes)
     run.log(f"refine.py: defending {model_path} ({classifier.spec['model']} width {classifier.spec['width']}) "
             f"on {config['dataset']}, device {device}, output {folder}")
@@ -146,5 +147,4 @@ def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embed
     test = load_split(dataset, "test", data_root, allow_embedded or saved.get("allow_embedded", False))
     poisoned_test, _ = poisoned_testset({**DEFAULTS, **saved}, meta.get("attack"), test, image_size)
     device = resolve_device(device)
-    batch_size = batch_size or (1024 if device.type == "cuda" else 128)  # small batches are faster on a CPU
-    return ba_asr(model.to(device), test, poisoned_test, batch_size, device)
+    return ba_asr(model.to(device), test, poisoned_test, batch_size or default_eval_batch_size(device), device)
