@@ -184,6 +184,15 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
     return Split(images, labels, classes, f"{source}: {len(labels)} images")
 
 
+def evaluation_subset(split: "Split", size: int) -> "Split":
+    """The class-balanced ``size``-image subset of a test split that every run evaluates on.
+
+    Independent of the run's seed, so that the attack's BA/ASR and the defense's "no defense" line are
+    measured on the same images.
+    """
+    return split.subset(seeded_subset(len(split), size, 0, split.labels))
+
+
 def seeded_subset(n: int, size: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of ``size`` of ``n`` items, drawn from ``seed``; balanced per class when labels are given."""
     if size >= n:

@@ -8,7 +8,7 @@ import torch
 
 from .attacks import build_attack
 from .checkpoint import save_classifier
-from .data import dataset_info, load_split, seeded_subset
+from .data import dataset_info, evaluation_subset, load_split, seeded_subset
 from .metrics import ba_asr, default_eval_batch_size
 from .models import build_classifier
 from .runlog import RunLog, format_metrics
@@ -41,7 +41,7 @@ def load_data(config: dict, log):
     if config.get("train_size"):
         train = train.subset(seeded_subset(len(train), config["train_size"], config["seed"], train.labels))
     if config.get("test_size"):
-        test = test.subset(seeded_subset(len(test), config["test_size"], config["seed"] + 1, test.labels))
+        test = evaluation_subset(test, config["test_size"])
     log(f"data: {train.source}; using {len(train)} training images")
     log(f"data: {test.source}; using {len(test)} test images")
     return train, test

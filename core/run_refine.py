@@ -10,7 +10,7 @@ import torch
 from .attacks import build_attack
 from .checkpoint import atomic_save, load_classifier
 from .config import read_yaml
-from .data import dataset_info, load_split, seeded_subset
+from .data import dataset_info, evaluation_subset, load_split, seeded_subset
 from .defenses import REFINE, load_defended, save_defended
 from .errors import UserError
 from .metrics import ba_asr, default_eval_batch_size
@@ -85,7 +85,7 @@ def run_refine(config: dict) -> dict:
     train = load_split(config["dataset"], "train", config["data_root"], config["allow_embedded"])
     test = load_split(config["dataset"], "test", config["data_root"], config["allow_embedded"])
     if config["test_size"]:
-        test = test.subset(seeded_subset(len(test), config["test_size"], config["seed"], test.labels))
+        test = evaluation_subset(test, config["test_size"])
     count = int(round(config["data_fraction"] * len(train)))
     if not 0 < count <= len(train):
         raise UserError(f"--data-fraction must be in (0, 1], got {config['data_fraction']}")
@@ -145,6 +145,8 @@ def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embed
     _, image_size = dataset_info(dataset)
     saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
     test = load_split(dataset, "test", data_root, allow_embedded or saved.get("allow_embedded", False))
+    if saved.get("test_size"):  # the run's own test subset, so that its final numbers are reproduced
+        test = evaluation_subset(test, saved["test_size"])
     poisoned_test, _ = poisoned_testset({**DEFAULTS, **saved}, meta.get("attack"), test, image_size)
     device = resolve_device(device)
     return ba_asr(model.to(device), test, poisoned_test, batch_size or default_eval_batch_size(device), device)
