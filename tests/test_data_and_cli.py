@@ -83,6 +83,8 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
         assert (folder / name).is_file(), name
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["final"]["BA_total"] == 20 and metrics["final"]["ASR_total"] == 18  # balanced subset
+    warned = "warning: ASR is only" in (folder / "log.txt").read_text()
+    assert warned == (metrics["final"]["ASR"] < 50), "the log warns exactly when the backdoor did not take"
     r = run_cli("refine.py", "--attack", "BadNets", "--epochs", "1", "--unet-channels", "4", "--attack-dir",
                 str(tmp_path / "attack"), "--out", str(tmp_path / "refine"), "--seed", "3", *common)
     assert r.returncode == 0, r.stderr
