@@ -184,7 +184,7 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
     return Split(images, labels, classes, f"{source}: {len(labels)} images")
 
 
-def evaluation_subset(split: "Split", size: int) -> "Split":
+def evaluation_subset(split: Split, size: int) -> Split:
     """The class-balanced ``size``-image subset of a test split that every run evaluates on.
 
     Independent of the run's seed, so that the attack's BA/ASR and the defense's "no defense" line are
