@@ -22,13 +22,10 @@ from .seeding import generator
 def resolve_device(name: str | None = None) -> torch.device:
     """'auto'/None -> cuda if available else cpu; 'cuda:1', 'cpu' or a bare GPU index ('0') otherwise."""
     if name in (None, "", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = f"cuda:{name}" if str(name).isdigit() else str(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
-    if name.startswith("cuda"):
-        # every batch has the same shape, so cuDNN's one-off search for the fastest convolution pays off
-        torch.backends.cudnn.benchmark = True
     return torch.device(name)
 
 
