@@ -44,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--decay", type=float, help="multistep factor (0.8)")
     p.add_argument("--augment", choices=["refine", "crop_flip", "flip", "none"],
                    help="augmentation of the unlabeled images (refine: resized crop + flip + grayscale)")
+    p.add_argument("--pseudo-labels", dest="pseudo_labels", choices=["augmented", "clean"],
+                   help="ȳ from each augmented batch (authors' code, default) or once from the clean images (faster)")
+    p.add_argument("--compile", type=str2bool, nargs="?", const=True,
+                   help="run T and F through torch.compile (faster after a one-off compilation of about 2 min on a CPU)")
     p.add_argument("--epochs", "--epoch", dest="epochs", type=int)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--data-fraction", dest="data_fraction", type=float, help="share of the unlabeled data used")

@@ -25,13 +25,14 @@ DEFAULTS = {
     "unet_channels": 64, "loss": "ce", "sup": 0.1, "temperature": 0.07, "remap": True,
     "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 150, "batch_size": 256,
     "schedule": "multistep", "milestones": [100, 130], "decay": 0.8, "augment": "refine",
+    "pseudo_labels": "augmented", "compile": False,
     "data_fraction": 1.0, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "refine_res", "run_name": None, "device": "auto", "amp": True, "seed": 0,
     "eval_every": 10, "eval_batch_size": None, "fresh": False,
 }
 TRAINING_KEYS = ("dataset", "model", "attack", "model_path", "unet_channels", "loss", "sup", "temperature", "remap",
                  "optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size", "schedule", "milestones",
-                 "decay", "augment", "data_fraction", "seed")
+                 "decay", "augment", "pseudo_labels", "data_fraction", "seed")
 
 
 def attack_folder(config: dict) -> Path:
@@ -120,7 +121,8 @@ def run_refine(config: dict) -> dict:
     defense.train(unlabeled, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
                   optimizer=config["optimizer"], momentum=config["momentum"], weight_decay=config["weight_decay"],
                   schedule=config["schedule"], milestones=config["milestones"], gamma=config["decay"],
-                  augment=config["augment"], state_path=state_path,
+                  augment=config["augment"], pseudo_labels=config["pseudo_labels"], compile=config["compile"],
+                  state_path=state_path,
                   fingerprint={k: config[k] for k in TRAINING_KEYS}, evaluate=evaluate,
                   eval_every=config["eval_every"], log=run.log)
     done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]

@@ -136,3 +136,53 @@ def test_the_papers_sgd_recipe_trains_the_transform(synthetic):
     predictions = defense.predict(test.images.float() / 255)
     assert predictions.unique().numel() > 1, "the defended model predicts one class for every image"
     assert defense.test(test, poisoned)["BA"] > 35  # chance is 25 %
+
+
+def _tiny_classifier():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+
+
+def test_given_pseudo_labels_are_the_ones_trained_on():
+    model = _tiny_classifier()
+    defense = REFINE(UNet(4), model, num_classes=4, seed=0, lam=0.0)
+    x = torch.rand(6, 3, 16, 16)
+    clean = defense.pseudo_labels(x)
+    with torch.no_grad():
+        assert torch.equal(clean, model(x).argmax(1))
+        wrong = (clean + 1) % 4  # labels F did not give: the loss must be computed against them
+        expected = remapped_loss(defense.remap(model(defense.unet(x))), wrong, "ce")
+        loss, parts = defense.losses(x, wrong)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_refine_with_clean_pseudo_labels_lowers_asr(synthetic):
+    model, train, test, poisoned = _backdoored_model(synthetic)
+    torch.manual_seed(0)
+    defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
+    logs = []
+    defense.train(train.images, epochs=10, batch_size=32, lr=5e-3, optimizer="Adam", weight_decay=0,
+                  schedule="onecycle", pseudo_labels="clean", log=logs.append)
+    assert any("pseudo-labels of the 600 clean images" in line for line in logs)
+    after = defense.test(test, poisoned)
+    assert after["ASR"] < 40 and after["BA"] > 45, after
+
+
+def test_compiled_training_step_matches_eager_and_falls_back(monkeypatch, synthetic):
+    x = torch.rand(8, 3, 16, 16)
+    defense = REFINE(UNet(4), _tiny_classifier(), num_classes=4, seed=0)
+    eager, _ = defense.losses(x)
+    compiled, _ = defense.losses(x, unet=torch.compile(defense.unet), model=torch.compile(defense.model))
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
+
+    def broken_compile(module):  # a machine without a working compiler fails at the first call
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    logs = []
+    defense.train(synthetic(16, size=16).images, epochs=1, batch_size=8, lr=1e-3, optimizer="Adam",
+                  compile=True, log=logs.append)
+    assert any("torch.compile failed (RuntimeError: no C++ compiler found)" in line for line in logs)
+    assert any(line.startswith("REFINE epoch 1/1") for line in logs)

@@ -25,7 +25,7 @@ from ..checkpoint import FORMAT as CLASSIFIER_FORMAT
 from ..checkpoint import atomic_save, classifier_from_spec, safe_load
 from ..data import iterate_batches, memory_format
 from ..errors import UserError
-from ..metrics import ba_asr
+from ..metrics import ba_asr, default_eval_batch_size, predict
 from ..models import Classifier, UNet
 from ..seeding import generator
 from ..train import EpochState, autocast, lr_factor, make_optimizer, set_lr
@@ -117,13 +117,26 @@ class REFINE:
         return ba_asr(self.defended_model(), benign_test, poisoned_test, batch_size, self.device)
 
     # -- training ---------------------------------------------------------------------------------
-    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Total loss on one (augmented) batch x in [0, 1], and its parts for logging."""
-        with torch.no_grad(), autocast(self.device, self.amp):
-            pseudo = self.model(x).argmax(1)  # ȳ: the defender never sees true labels
+    def pseudo_labels(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """ȳ = argmax F(x) of un-augmented images (uint8 or [0, 1] float, N×C×H×W) -> int64 N, on CPU."""
+        return predict(self.model, images, batch_size or default_eval_batch_size(self.device), self.device)
+
+    def losses(self, x: torch.Tensor, pseudo: torch.Tensor | None = None, unet=None, model=None
+               ) -> tuple[torch.Tensor, dict]:
+        """Total loss on one (augmented) batch x in [0, 1], and its parts for logging.
+
+        ``pseudo``: ȳ of the batch if already known (labels of the clean images), else argmax F(x) of
+        the augmented batch itself, as the authors' code does. ``unet``/``model``: compiled versions of
+        T and F to run instead of the plain modules (same parameters).
+        """
+        unet = self.unet if unet is None else unet
+        model = self.model if model is None else model
+        if pseudo is None:
+            with torch.no_grad(), autocast(self.device, self.amp):
+                pseudo = model(x).argmax(1)  # ȳ: the defender never sees true labels
         with autocast(self.device, self.amp):
-            transformed = self.unet(x)
-            remapped = self.remap(self.model(transformed))
+            transformed = unet(x)
+            remapped = self.remap(model(transformed))
         cls = remapped_loss(remapped, pseudo, self.loss)
         total = cls
         parts = {"cls": cls.detach()}
@@ -137,20 +150,32 @@ class REFINE:
     def train(self, images: torch.Tensor, *, epochs: int = 150, batch_size: int = 256, lr: float = 0.01,
               optimizer: str = "SGD", momentum: float = 0.9, weight_decay: float = 5e-4,
               schedule: str = "multistep", milestones=(100, 130), gamma: float = 0.8, augment: str = "refine",
+              pseudo_labels: str = "augmented", compile: bool = False,
               state_path=None, fingerprint: dict | None = None, evaluate: Callable[[int], dict] | None = None,
               eval_every: int = 10, log: Callable[[str], None] = print) -> UNet:
         """Trains T on unlabeled uint8 images N×C×H×W (labels are never used).
 
-        Resumable through ``state_path`` like :func:`core.train.train_classifier`; ``evaluate(epoch)`` runs
-        every ``eval_every`` epochs and after the last.
+        ``pseudo_labels``: 'augmented' takes ȳ = argmax F(x) of each augmented batch (the authors' code);
+        'clean' computes ȳ once from the un-augmented images (F is frozen, so they never change) and saves
+        one forward pass of F per step. ``compile``: run T and F through ``torch.compile`` on full batches
+        (falls back to eager mode, with a warning, where compilation fails). Resumable through
+        ``state_path`` like :func:`core.train.train_classifier`; ``evaluate(epoch)`` runs every
+        ``eval_every`` epochs and after the last.
         """
+        if pseudo_labels not in ("augmented", "clean"):
+            raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
         opt = make_optimizer(self.unet.parameters(), optimizer, lr, momentum, weight_decay)
         state = EpochState(state_path, {"unet": self.unet}, opt, fingerprint or {}) if state_path else None
         start = state.load() if state else 0
         if start:
             log(f"resuming REFINE from the end of epoch {start}/{epochs} ({state_path})")
         images = images.to(self.device)
-        no_labels = torch.zeros(len(images), dtype=torch.int64, device=self.device)
+        if pseudo_labels == "clean":
+            labels = self.pseudo_labels(images).to(self.device)
+            log(f"pseudo-labels of the {len(labels)} clean images: class counts {torch.bincount(labels).tolist()}")
+        else:
+            labels = torch.full((len(images),), -1, dtype=torch.int64, device=self.device)  # -1: take F(x) per batch
+        fast = {"unet": torch.compile(self.unet), "model": torch.compile(self.model)} if compile else {}
         steps = math.ceil(len(images) / batch_size)
         augment_fn = AUGMENTATIONS[augment]
         for epoch in range(start, epochs):
@@ -159,13 +184,24 @@ class REFINE:
             shuffle = generator(self.seed, "refine-shuffle", epoch)
             aug_gen = generator(self.seed, "refine-augment", epoch, device=self.device)
             sums, seen, t0 = {}, 0, time.time()
-            bar = tqdm(iterate_batches(images, no_labels, batch_size, self.device, shuffle=True, generator=shuffle),
+            bar = tqdm(iterate_batches(images, labels, batch_size, self.device, shuffle=True, generator=shuffle),
                        total=steps, desc=f"REFINE epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
                        disable=None)
-            for step, (x, _) in enumerate(bar):
+            for step, (x, y) in enumerate(bar):
                 set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
                 x = augment_fn(x, generator=aug_gen).contiguous(memory_format=self.layout)
-                loss, parts = self.losses(x)
+                pseudo = y if pseudo_labels == "clean" else None
+                # the last, smaller batch runs eagerly: a second compilation for its shape would cost more
+                if fast and len(x) == batch_size:
+                    try:
+                        loss, parts = self.losses(x, pseudo, **fast)
+                    except Exception as err:  # noqa: BLE001 - any compiler failure: train on without it
+                        log(f"warning: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                            f"training continues without it")
+                        fast = {}
+                        loss, parts = self.losses(x, pseudo)
+                else:
+                    loss, parts = self.losses(x, pseudo)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
