@@ -13,8 +13,12 @@ def default_eval_batch_size(device) -> int:
 
 
 @torch.inference_mode()
-def predict(model, images: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
-    """Predicted labels (int64, N, on CPU) of ``model`` for uint8 or [0, 1]-float images N×C×H×W."""
+def predict(model, images: torch.Tensor, batch_size: int | None = None, device="cpu") -> torch.Tensor:
+    """Predicted labels (int64, N, on CPU) of ``model`` for uint8 or [0, 1]-float images N×C×H×W.
+
+    ``batch_size`` None: :func:`default_eval_batch_size` of ``device``.
+    """
+    batch_size = batch_size or default_eval_batch_size(device)
     # restore each submodule's own mode afterwards: a blanket model.train() would also switch a frozen
     # sub-model (REFINE's F) to training mode and let its BatchNorm statistics drift
     modes = [(m, m.training) for m in model.modules()]
@@ -28,14 +32,14 @@ def predict(model, images: torch.Tensor, batch_size: int = 512, device="cpu") ->
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
 
 
-def accuracy(model, images, labels, batch_size=512, device="cpu") -> dict:
+def accuracy(model, images, labels, batch_size=None, device="cpu") -> dict:
     """``{'correct', 'total', 'acc'}`` with acc in percent; every sample counts (no dropped last batch)."""
     correct = int((predict(model, images, batch_size, device) == labels.cpu()).sum())
     total = len(labels)
     return {"correct": correct, "total": total, "acc": 100.0 * correct / max(total, 1)}
 
 
-def ba_asr(model, benign_test, poisoned_test, batch_size=512, device="cpu") -> dict:
+def ba_asr(model, benign_test, poisoned_test, batch_size=None, device="cpu") -> dict:
     """BA on the whole benign test set; ASR on the poisoned test set (labels = the target class).
 
     ``poisoned_test`` may be None (benign model): then only BA is reported.

@@ -151,4 +151,4 @@ def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embed
         test = evaluation_subset(test, saved["test_size"])
     poisoned_test, _ = poisoned_testset({**DEFAULTS, **saved}, meta.get("attack"), test, image_size)
     device = resolve_device(device)
-    return ba_asr(model.to(device), test, poisoned_test, batch_size or default_eval_batch_size(device), device)
+    return ba_asr(model.to(device), test, poisoned_test, batch_size, device)

@@ -25,7 +25,7 @@ from ..checkpoint import FORMAT as CLASSIFIER_FORMAT
 from ..checkpoint import atomic_save, classifier_from_spec, safe_load
 from ..data import iterate_batches, memory_format
 from ..errors import UserError
-from ..metrics import ba_asr, default_eval_batch_size, predict
+from ..metrics import ba_asr, predict
 from ..models import Classifier, UNet
 from ..seeding import generator
 from ..train import EpochState, autocast, lr_factor, make_optimizer, set_lr
@@ -111,7 +111,7 @@ class REFINE:
             self.unet.eval()
             return self.defended_model()(x.to(self.device)).argmax(1)
 
-    def test(self, benign_test, poisoned_test=None, batch_size: int = 1024) -> dict:
+    def test(self, benign_test, poisoned_test=None, batch_size: int | None = None) -> dict:
         """BA/ASR of the defended model (see :func:`core.metrics.ba_asr`)."""
         self.unet.eval()
         return ba_asr(self.defended_model(), benign_test, poisoned_test, batch_size, self.device)
@@ -119,7 +119,7 @@ class REFINE:
     # -- training ---------------------------------------------------------------------------------
     def pseudo_labels(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """ȳ = argmax F(x) of un-augmented images (uint8 or [0, 1] float, N×C×H×W) -> int64 N, on CPU."""
-        return predict(self.model, images, batch_size or default_eval_batch_size(self.device), self.device)
+        return predict(self.model, images, batch_size, self.device)
 
     def losses(self, x: torch.Tensor, pseudo: torch.Tensor | None = None, unet=None, model=None
                ) -> tuple[torch.Tensor, dict]:
