@@ -3,14 +3,17 @@
     python attack.py --dataset CIFAR10 --attack BadNets                 # the paper's settings
     python attack.py --dataset CIFAR10 --attack BadNets --preset mini   # minutes on a laptop CPU
 
-Outputs go to attack/<DATASET>/<MODEL>/<ATTACK>/: model.pth, trigger.pth + trigger_*.png,
-config.yaml, metrics.json, log.txt. Run the same command again to resume an interrupted run.
+Outputs go to attack/<DATASET>/<MODEL>/<ATTACK>/<preset>_seed<seed>_<hash8>/ (hash8: of every setting that
+changes the model, so runs with other settings never share a folder): model.pth, trigger.pth + trigger_*.png,
+config.yaml, run.json, metrics.json, log.txt. attack/<DATASET>/<MODEL>/<ATTACK>/latest points at the run that
+finished last (refine.py defends that one). Run the same command again to resume an interrupted run; a
+finished one is reported, not retrained.
 """
 from core.attacks import ATTACKS
 from core.cli import int_list, main_guard, new_parser, str2bool
 from core.config import resolve
 from core.data import DATASETS
-from core.models import MODEL_NAMES, NORMALIZATIONS
+from core.models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from core.run_attack import DEFAULTS, run_attack
 
 
@@ -26,7 +29,10 @@ def parse_args(argv=None):
     p.add_argument("--trigger", help="trigger file (.pth tensor or image) instead of the generated one")
     p.add_argument("--alpha", type=float, help="Blended: blend ratio (default 0.1)")
     p.add_argument("--width", type=int, help="channel width of CIFAR models (64 = standard)")
-    p.add_argument("--normalization", choices=list(NORMALIZATIONS), help="input normalization inside the model")
+    p.add_argument("--normalization", choices=list(NORMALIZATIONS),
+                   help=f"input normalization inside the model (default cifar10); {NORMALIZATION_HELP}")
+    p.add_argument("--mean", help="explicit per-channel mean R,G,B (with --std; replaces --normalization)")
+    p.add_argument("--std", help="explicit per-channel std R,G,B, e.g. 0.2023,0.1994,0.2010 (with --mean)")
     p.add_argument("--epochs", "--epoch", dest="epochs", type=int)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
@@ -40,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--train-size", dest="train_size", type=int, help="class-balanced training subset")
     p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
     p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 (torchvision, md5-checked) into --data-root if it is not there; "
+                        "ImageNet-50 must be prepared by hand (docs/data.md)")
     p.add_argument("--allow-embedded", dest="allow_embedded", type=str2bool,
                    help="use the CIFAR-10 sample in data/ when no full copy is found")
     p.add_argument("--out", help="output root (default attack/)")
@@ -47,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", type=str2bool, help="bf16 autocast on CUDA (default true)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", dest="eval_every", type=int)
-    p.add_argument("--fresh", action="store_true", help="discard an unfinished run in the output folder")
+    p.add_argument("--fresh", action="store_true", help="discard an unfinished run of the same settings (a finished run is never discarded)")
     return p.parse_args(argv)
 
 

@@ -3,15 +3,18 @@
     python refine.py --dataset CIFAR10 --attack BadNets                 # defends attack/CIFAR10/ResNet18/BadNets
     python refine.py --dataset CIFAR10 --attack BadNets --preset mini   # minutes on a laptop CPU
     python refine.py --model-path third_party.pth --model ResNet18 --dataset CIFAR10 --attack BadNets --trigger t.pth
-    python refine.py --eval refine_res/CIFAR10/ResNet18/BadNets/mini_seed0   # BA/ASR of a saved defense
+    python refine.py --eval refine_res/CIFAR10/ResNet18/BadNets/latest       # BA/ASR of a saved defense
 
-Outputs go to refine_res/<DATASET>/<MODEL>/<ATTACK>/<run>/: log.txt, metrics.json, config.yaml,
-label_mapping.json, unet.pth, defended_model.pth. Run the same command again to resume.
+Without --model-path the model is attack/<DATASET>/<MODEL>/<ATTACK>/latest/model.pth (attack.py's last finished
+run). Outputs go to refine_res/<DATASET>/<MODEL>/<ATTACK>/<preset>_seed<seed>_<hash8>/ (hash8: of every setting
+and of the defended model file's bytes) or --run-name: log.txt, metrics.json, config.yaml, run.json,
+label_mapping.json, unet.pth, defended_model.pth; .../<ATTACK>/latest points at the run that finished last.
+Run the same command again to resume; a finished run is reported, not retrained.
 """
 from core.cli import int_list, main_guard, new_parser, str2bool
 from core.config import resolve
 from core.data import DATASETS
-from core.models import MODEL_NAMES, NORMALIZATIONS
+from core.models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from core.runlog import format_metrics
 from core.run_refine import DEFAULTS, evaluate_run, run_refine
 
@@ -29,7 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--tlabel", "--y-target", dest="tlabel", type=int, help="target label, for third-party models")
     p.add_argument("--trigger", help="trigger file, for third-party models")
     p.add_argument("--normalization", choices=list(NORMALIZATIONS),
-                   help="input normalization of a raw third-party state_dict (default none)")
+                   help=f"input normalization of a raw third-party state_dict (default none; a model saved by "
+                        f"attack.py records its own); {NORMALIZATION_HELP}")
+    p.add_argument("--mean", help="explicit per-channel mean R,G,B of a raw state_dict (with --std)")
+    p.add_argument("--std", help="explicit per-channel std R,G,B of a raw state_dict (with --mean)")
     p.add_argument("--unet-channels", "--unet_channels", dest="unet_channels", type=int)
     p.add_argument("--loss", choices=["ce", "bce"], help="ce: the paper's formula; bce: the authors' code")
     p.add_argument("--sup", type=float, help="weight λ of the supervised contrastive loss (0.1)")
@@ -52,15 +58,18 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--data-fraction", dest="data_fraction", type=float, help="share of the unlabeled data used")
     p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
-    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 (torchvision, md5-checked) into --data-root if it is not there; "
+                        "ImageNet-50 must be prepared by hand (docs/data.md)")
     p.add_argument("--allow-embedded", dest="allow_embedded", type=str2bool)
     p.add_argument("--refine_res", "--out", dest="out", help="output root (default refine_res/)")
-    p.add_argument("--run-name", dest="run_name", help="run folder name (default <preset>_seed<seed>)")
+    p.add_argument("--run-name", dest="run_name", help="run folder name (default <preset>_seed<seed>_<hash8>)")
     p.add_argument("--gpu_id", "--device", dest="device", help="auto, cpu, cuda, cuda:1 or a GPU index")
     p.add_argument("--amp", type=str2bool)
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", dest="eval_every", type=int)
-    p.add_argument("--fresh", action="store_true", help="discard an unfinished run in the output folder")
+    p.add_argument("--fresh", action="store_true", help="discard an unfinished run (a finished run is never discarded)")
     return p.parse_args(argv)
 
 

@@ -5,7 +5,7 @@
 # as the remaining time allows (it resumes if started again). Every stage is time-boxed so that the
 # logs survive; run folders go under $RUN_ROOT, away from attack/ and refine_res/.
 #
-#   CIFAR_ARCHIVE=../shared/datasets/cifar10-jpeg.tar.gz BUDGET=570 bash benchmarks/gpu_check.sh
+#   CIFAR_ARCHIVE=path/to/cifar10-jpeg.tar.gz BUDGET=570 bash benchmarks/gpu_check.sh
 #   SMOKE=1 bash benchmarks/gpu_check.sh        # a one-minute CPU check of the script itself
 set -u
 OUT=${OUT:-gpu_out}

@@ -5,8 +5,15 @@ Checkpoints are plain dicts of tensors, numbers, strings and lists, so they load
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickletools
+import re
+import tempfile
+import warnings
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -15,25 +22,89 @@ from .models import Classifier, build_classifier, dataset_kind
 
 FORMAT = "refine-toolkit/classifier-v1"
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+
+def atomic_write(path, write: Callable) -> None:
+    """Writes ``path`` through ``write(binary file)`` so that no reader ever sees half a file.
+
+    The data goes to a uniquely named temporary file in the same folder (two runs writing the same
+    path at once cannot collide), is flushed and fsync'ed, then renamed over ``path``; on any failure
+    the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (best effort: not every file system allows it)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save through :func:`atomic_write`: a crash or a parallel writer never leaves half a file."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _holds_pickled_code(path: Path, exc: Exception) -> bool:
+    """True when a failed weights-only load was refused because of pickled objects (not a damaged file)."""
+    text = str(exc)
+    if "GLOBAL" in text or "allowed global" in text or "Unsupported global" in text:
+        return True
+    if zipfile.is_zipfile(path):
+        return False  # a complete zip archive that fails otherwise is damaged inside
+    try:  # a plain pickle: look for opcodes that import or call Python objects
+        with open(path, "rb") as fh:
+            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(fh))
+    except Exception:  # noqa: BLE001 - not even a readable pickle stream
+        return False
 
 
 def safe_load(path) -> dict:
+    """``torch.load(weights_only=True)`` with one-line errors: missing, truncated/corrupt, or pickled code."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train one first or pass the right path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing: the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"cannot load {path} as a weights-only PyTorch checkpoint ({type(exc).__name__}): "
-                        f"re-save it as a plain state_dict") from exc
+        if path.stat().st_size and _holds_pickled_code(path, exc):
+            raise UserError(f"{path} contains pickled Python objects, which are refused for safety (weights-only "
+                            f"loading); re-save it with torch.save(model.state_dict())") from exc
+        detail = re.split(r"(?<=\.)\s", str(exc).strip())[0][:100] if str(exc).strip() else "the file ends too early"
+        if detail.startswith("Weights only load failed"):
+            detail = "unreadable pickle data"
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {detail}); delete it and "
+                        f"rerun the command that wrote it, or download it again") from exc
 
 
 def save_classifier(path, classifier: Classifier, **meta) -> None:
@@ -45,7 +116,8 @@ def save_classifier(path, classifier: Classifier, **meta) -> None:
 def classifier_from_spec(spec: dict) -> Classifier:
     """An untrained classifier of the architecture a saved ``spec`` describes."""
     dataset = "ImageNet50" if spec["dataset_kind"] == "imagenet" else "CIFAR10"
-    return build_classifier(spec["model"], dataset, spec["num_classes"], spec["width"], spec["normalization"])
+    return build_classifier(spec["model"], dataset, spec["num_classes"], spec["width"], spec["normalization"],
+                            spec.get("mean"), spec.get("std"))  # older checkpoints: the name only
 
 
 def _raw_state_dict(blob: dict) -> dict:
@@ -65,12 +137,22 @@ def _infer_width(state: dict, model: str) -> int:
 
 
 def load_classifier(path, model: str | None = None, dataset: str | None = None, num_classes: int | None = None,
-                    normalization: str | None = None) -> tuple[Classifier, dict]:
+                    normalization: str | None = None, mean=None, std=None,
+                    log: Callable[[str], None] | None = None) -> tuple[Classifier, dict]:
     """Loads a classifier saved by this toolkit, or a raw state_dict (BackdoorBox / official REFINE code).
 
     Arguments that are given are checked against the checkpoint; a mismatch (other architecture, other
     class count) raises a UserError naming both. Returns ``(classifier in eval mode, meta dict)``.
+    ``normalization`` (a name) or ``mean``/``std`` apply to a raw state_dict; a checkpoint of this toolkit
+    records its own. ``log`` receives warnings (default: ``warnings.warn``).
     """
+    from .models import NORMALIZATION_HELP, resolve_normalization
+
+    if log is None:
+        import warnings
+
+        log = lambda message: warnings.warn(message, stacklevel=3)  # noqa: E731
+    requested = resolve_normalization(normalization, mean, std) if normalization or mean is not None else None
     blob = safe_load(path)
     if blob.get("format") == FORMAT:
         spec, state, meta = blob["spec"], blob["state_dict"], blob.get("meta", {})
@@ -81,6 +163,10 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
                             f"use it with the dataset it was trained on")
         if dataset and spec["dataset_kind"] != dataset_kind(dataset):
             raise UserError(f"{path} is a {spec['dataset_kind']} model and cannot be used on {dataset}")
+        saved = resolve_normalization(spec["normalization"], spec.get("mean"), spec.get("std"))
+        if requested and requested != saved:
+            log(f"note: {path} records its own normalization ({saved['normalization']}, mean {saved['mean']}, "
+                f"std {saved['std']}), which is used; --normalization/--mean/--std only apply to raw state_dicts")
     else:
         if not (model and dataset):
             raise UserError(f"{path} is a raw state_dict: pass --model and --dataset so it can be rebuilt")
@@ -92,7 +178,11 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
             raise UserError(f"{path} has {classes} output classes, but {dataset} has {num_classes}")
         spec = {"model": model, "dataset_kind": dataset_kind(dataset),
                 "num_classes": classes or 10, "width": _infer_width(state, model),
-                "normalization": normalization or "none"}
+                **(requested or resolve_normalization("none"))}
+        if requested is None:
+            log(f"warning: {path} is a raw state_dict and no --normalization (or --mean/--std) was given, so no "
+                f"input normalization is assumed (images in [0, 1] go straight into the network); "
+                f"{NORMALIZATION_HELP}")
     classifier = classifier_from_spec(spec)
     try:
         classifier.net.load_state_dict(state, strict=True)

@@ -29,7 +29,7 @@ def main_guard(fn):
     try:
         fn()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last saved epoch", file=sys.stderr)

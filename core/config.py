@@ -6,9 +6,11 @@ from pathlib import Path
 
 import yaml
 
+from .data import will_use_embedded_sample
 from .errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+EMBEDDED_SECTION = "embedded_sample"  # preset section used instead when the embedded CIFAR-10 sample is the data
 
 
 def read_yaml(path) -> dict:
@@ -35,7 +37,8 @@ def preset_path(task: str, name: str) -> Path:
 def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     """Merges the layers. ``args`` holds only the flags the user typed (argparse.SUPPRESS defaults).
 
-    A preset may hold per-dataset sections (``CIFAR10: {...}``), applied after its common keys.
+    A preset may hold per-dataset sections (``CIFAR10: {...}``), applied after its common keys. Values are
+    not checked here: :func:`core.validate.validate` checks the merged result, whichever layer set them.
     """
     given = {k: v for k, v in vars(args).items() if k not in ("preset", "config")}
     config = dict(defaults)
@@ -48,11 +51,40 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     for layer in layers:
         sections = {k: v for k, v in layer.items() if isinstance(v, dict)}
         flat = {k: v for k, v in layer.items() if not isinstance(v, dict)}
-        for source in (flat, sections.get(given.get("dataset", flat.get("dataset", dataset)), {})):
-            unknown = set(source) - set(defaults)
-            if unknown:
-                raise UserError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
+        name = given.get("dataset", flat.get("dataset", dataset))
+        for source in (flat, sections.get(name, {}) if isinstance(name, str) else {}):
+            _check_known(source, defaults)
             config.update(source)
+    config["preset_section"] = _apply_data_section(config, given, layers, defaults)
     config.update(given)
     config["preset"] = getattr(args, "preset", None)
     return config
+
+
+def _check_known(source: dict, defaults: dict) -> None:
+    unknown = set(source) - set(defaults)
+    if unknown:
+        raise UserError(f"unknown option(s) in config: {', '.join(sorted(map(str, unknown)))}")
+
+
+def _apply_data_section(config: dict, given: dict, layers: list[dict], defaults: dict) -> str | None:
+    """Applies a layer's ``embedded_sample:`` section when the run will use the embedded CIFAR-10 sample.
+
+    A CPU preset sized for the full data set does not show the method on the smaller sample (the backdoor
+    or the defense has too few images to learn from), so the preset carries its own recipe for the sample.
+    The section's ``note`` says why; the run logs it. Returns the note, or None when no section applies.
+    """
+    sections = [layer[EMBEDDED_SECTION] for layer in layers if isinstance(layer.get(EMBEDDED_SECTION), dict)]
+    if not sections:
+        return None
+    merged = {**config, **given}
+    if not will_use_embedded_sample(str(merged["dataset"]), merged["data_root"],
+                                    bool(merged.get("allow_embedded")) and not merged.get("download")):
+        return None
+    notes = []
+    for section in sections:
+        section = dict(section)
+        notes.append(str(section.pop("note", "")).strip())
+        _check_known(section, defaults)
+        config.update(section)
+    return " ".join(n for n in notes if n) or EMBEDDED_SECTION

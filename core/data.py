@@ -7,8 +7,10 @@ the whole of CIFAR-10 (180 MB as uint8) can live on a GPU and no per-sample Pyth
 Sources understood by :func:`load_dataset`:
 
 * an image-folder tree ``<root>/<DATASET>/{train,test}/<class>/*.{png,jpg}`` (the official REFINE layout);
-* the same tree packed in a ``.tar.gz`` (``../shared/datasets/cifar10-jpeg.tar.gz``, the embedded sample);
-* torchvision's ``cifar-10-batches-py`` folder (CIFAR-10 only).
+* the same tree packed in a ``.tar.gz`` (e.g. the embedded sample ``data/cifar10_sample.tar.gz``);
+* torchvision's ``cifar-10-batches-py`` folder (CIFAR-10 only; what ``--download`` fetches, see core/download.py).
+
+How to get each data set: docs/data.md.
 """
 from __future__ import annotations
 
@@ -140,11 +142,23 @@ def find_source(dataset: str, data_root: str | os.PathLike) -> tuple[str, Path]:
         for candidate in (root / "cifar-10-batches-py", root):
             if (candidate / "test_batch").is_file():
                 return "cifar-batches", candidate
+    how = ("pass --download to fetch CIFAR-10 there, " if dataset == "CIFAR10"
+           else "see docs/data.md for how to prepare ImageNet-50, ")
     raise UserError(
-        f"no {dataset} data found under {root}: put the image-folder tree at {root}/{dataset}/train/<class>/ "
-        f"and {root}/{dataset}/test/<class>/ (for CIFAR-10: mkdir -p data && tar xzf "
-        f"../shared/datasets/cifar10-jpeg.tar.gz -C data), or pass --data-root PATH"
+        f"no {dataset} data found under {root}: {how}put an image-folder tree at {root}/{dataset}/train/<class>/ "
+        f"and {root}/{dataset}/test/<class>/, or pass --data-root PATH"
     )
+
+
+def will_use_embedded_sample(dataset: str, data_root, allow_embedded: bool) -> bool:
+    """True when :func:`load_split` would fall back to the embedded sample (nothing is read but file names)."""
+    if not (allow_embedded and dataset == "CIFAR10" and EMBEDDED_SAMPLE.is_file()):
+        return False
+    try:
+        find_source(dataset, data_root)
+    except UserError:
+        return True
+    return False
 
 
 def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_embedded: bool = False) -> Split:

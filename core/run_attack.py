@@ -7,12 +7,16 @@ from pathlib import Path
 import torch
 
 from .attacks import build_attack
-from .checkpoint import save_classifier
+from .checkpoint import atomic_save, save_classifier
 from .data import dataset_info, evaluation_subset, load_split, seeded_subset
 from .metrics import ba_asr, default_eval_batch_size
-from .models import build_classifier
-from .runlog import RunLog, format_metrics
-from .train import resolve_device, train_classifier
+from .download import ensure_data
+from .models import build_classifier, resolve_normalization
+from .errors import DivergedError
+from .runlog import (RunLog, check_run_folder, describe_split, format_metrics, point_latest, read_metrics, run_name,
+                     run_settings, write_run_record)
+from .train import EpochState, resolve_device, train_classifier
+from .validate import validate
 
 # The paper's settings (Appendix C): the defaults of attack.py when no preset or flag says otherwise.
 DEFAULTS = {
@@ -23,14 +27,12 @@ DEFAULTS = {
     "train_size": None, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "attack", "device": "auto", "amp": True, "seed": 0,
     "eval_every": 10, "eval_batch_size": None, "fresh": False,
+    "mean": None, "std": None, "download": False,  # explicit normalization (replaces the name); fetch CIFAR-10
 }
-# Settings that change the trained model: a resume is refused if any of them differs.
-TRAINING_KEYS = ("dataset", "model", "attack", "width", "normalization", "y_target", "poisoned_rate", "trigger",
-                 "alpha", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-                 "milestones", "gamma", "label_smoothing", "augment", "train_size", "seed")
 
 
-def run_dir(config: dict) -> Path:
+def attack_root(config: dict) -> Path:
+    """``<out>/<DATASET>/<MODEL>/<ATTACK>``: holds one folder per run (see core.runlog) and the ``latest`` pointer."""
     return Path(config["out"]) / config["dataset"] / config["model"] / config["attack"]
 
 
@@ -48,28 +50,59 @@ def load_data(config: dict, log):
 
 
 def run_attack(config: dict) -> dict:
-    """Trains a (backdoored or benign) classifier as ``config`` says; returns the final metrics."""
+    """Trains a (backdoored or benign) classifier as ``config`` says; returns the final metrics.
+
+    Everything that can fail for a reason the user can fix (option values, data, trigger, an existing
+    run in the way) is checked before the first file is written, so a refused run changes nothing.
+    """
+    config = validate("attack", config)
     num_classes, image_size = dataset_info(config["dataset"])
-    folder = run_dir(config)
-    state_path = folder / "train_state.pth"
-    if config["fresh"]:
-        state_path.unlink(missing_ok=True)
-    run = RunLog(folder, resume=state_path.is_file())
+    config = {**config, **resolve_normalization(config["normalization"], config.get("mean"), config.get("std"))}
     device = resolve_device(config["device"])
-    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device)}
-    run.write_config(config)
-    run.log(f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} (width {config['width']}), "
-            f"device {device}, output {folder}")
-    torch.manual_seed(config["seed"])
+    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
+              "data_root": str(Path(config["data_root"]).expanduser().resolve()),
+              "out": str(Path(config["out"]).expanduser().resolve())}
+    notes = []  # log lines from before the run folder exists
+    ensure_data(config, notes.append)
     attack = build_attack(config["attack"], y_target=config["y_target"], poisoned_rate=config["poisoned_rate"],
                           seed=config["seed"], image_size=image_size, trigger_path=config["trigger"],
                           **({"alpha": config["alpha"]} if config["attack"] == "Blended" else {}))
-    model = build_classifier(config["model"], config["dataset"], num_classes, config["width"], config["normalization"])
-    train, test = load_data(config, run.log)
+    torch.manual_seed(config["seed"])
+    model = build_classifier(config["model"], config["dataset"], num_classes, config["width"], config["normalization"],
+                             config["mean"], config["std"])
+    train, test = load_data(config, notes.append)
     poisoned_train, poisoned_idx = attack.poison_train(train)
     poisoned_test = attack.poison_test(test) if attack.poisons_data else None
+    settings = run_settings(config, data={"train": describe_split(train), "test": describe_split(test)})
+    folder = attack_root(config) / run_name(config, settings)
+    state_path = folder / "train_state.pth"
+    status = check_run_folder(folder, settings, "model.pth", config["fresh"])
+    if status == "finished":
+        final = read_metrics(folder).get("final", {})
+        point_latest(folder.parent, folder.name)
+        print(f"already finished: {folder} ({format_metrics(final) if final else 'see metrics.json'}); nothing to "
+              f"train (--fresh discards unfinished runs only; delete the folder to train it again)")
+        return final
+    if status == "resume":
+        EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
+
+    # -- every check passed: from here on the run writes into its folder ------------------------------
+    run = RunLog(folder)
+    if status == "fresh":
+        for name in ("train_state.pth", "model.pth"):
+            (folder / name).unlink(missing_ok=True)
+        run.discard_metrics()
+        run.log("--fresh: the unfinished run in this folder is discarded")
+    write_run_record(folder, settings)
+    run.write_config(config)
+    run.log(f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} (width {config['width']}), "
+            f"device {device}, output {folder}")
+    if config.get("preset_section"):
+        run.log(f"recipe: {config['preset_section']}")
+    for note in notes:
+        run.log(note)
     attack.save_trigger(folder)
-    torch.save(poisoned_idx, folder / "poisoned_indices.pth")
+    atomic_save(poisoned_idx, folder / "poisoned_indices.pth")
     run.log(f"poisoned {len(poisoned_idx)} of {len(train)} training images "
             f"(rate {config['poisoned_rate'] if attack.poisons_data else 0}, target {attack.y_target})")
     started = time.time()
@@ -80,19 +113,25 @@ def run_attack(config: dict) -> dict:
         run.log(f"eval after epoch {epoch}: {format_metrics(metrics)}")
         return metrics
 
-    fingerprint = {k: config[k] for k in TRAINING_KEYS}
-    train_classifier(model, poisoned_train, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
-                     optimizer=config["optimizer"], momentum=config["momentum"], weight_decay=config["weight_decay"],
-                     schedule=config["schedule"], milestones=config["milestones"], gamma=config["gamma"],
-                     label_smoothing=config["label_smoothing"], augment=config["augment"], device=device, amp=config["amp"], seed=config["seed"],
-                     state_path=state_path, fingerprint=fingerprint, evaluate=evaluate,
-                     eval_every=config["eval_every"], log=run.log)
+    try:
+        train_classifier(model, poisoned_train, epochs=config["epochs"], batch_size=config["batch_size"],
+                         lr=config["lr"], optimizer=config["optimizer"], momentum=config["momentum"],
+                         weight_decay=config["weight_decay"], schedule=config["schedule"],
+                         milestones=config["milestones"], gamma=config["gamma"],
+                         label_smoothing=config["label_smoothing"], augment=config["augment"], device=device,
+                         amp=config["amp"], seed=config["seed"], state_path=state_path, fingerprint=settings,
+                         evaluate=evaluate, eval_every=config["eval_every"], log=run.log)
+    except DivergedError as exc:
+        run.log(f"stopped: {exc}; no model saved, the last good epoch stays resumable", echo=False)
+        raise
     done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]
     final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(config["epochs"])
     save_classifier(folder / "model.pth", model.cpu(), attack=attack.config(), dataset=config["dataset"],
                     data=train.source, final_metrics=final)
     wall = time.time() - started
     run.update_metrics(final=final, attack=attack.config(), data=train.source, train_wall_seconds_this_call=round(wall, 1))
+    write_run_record(folder, settings, finished=True)
+    point_latest(folder.parent, folder.name)
     run.log(f"done in {wall / 60:.1f} min: {format_metrics(final)}; model at {folder / 'model.pth'}")
     if final.get("ASR", 100.0) < 50:
         run.log(f"warning: ASR is only {final['ASR']:.2f}%: the backdoor did not take, so a defense has nothing to "

@@ -12,11 +12,14 @@ from .checkpoint import atomic_save, load_classifier
 from .config import read_yaml
 from .data import dataset_info, evaluation_subset, load_split, seeded_subset
 from .defenses import REFINE, load_defended, save_defended
-from .errors import UserError
+from .download import ensure_data
+from .errors import DivergedError, UserError
 from .metrics import ba_asr, default_eval_batch_size
 from .models import UNet
-from .runlog import RunLog, format_metrics
-from .train import resolve_device
+from .runlog import (RunLog, atomic_text, check_run_folder, describe_split, format_metrics, point_latest,
+                     read_latest, read_metrics, run_name, run_settings, write_run_record)
+from .train import EpochState, resolve_device
+from .validate import validate
 
 # The paper's REFINE settings (Section 5.1, Appendix C); refine.py's defaults.
 DEFAULTS = {
@@ -29,23 +32,36 @@ DEFAULTS = {
     "data_fraction": 1.0, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "refine_res", "run_name": None, "device": "auto", "amp": True, "seed": 0,
     "eval_every": 10, "eval_batch_size": None, "fresh": False,
+    "mean": None, "std": None, "download": False,  # explicit normalization of a raw state_dict; fetch CIFAR-10
 }
-TRAINING_KEYS = ("dataset", "model", "attack", "model_path", "unet_channels", "loss", "sup", "temperature", "remap",
-                 "optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size", "schedule", "milestones",
-                 "decay", "augment", "pseudo_labels", "data_fraction", "seed")
 
 
 def attack_folder(config: dict) -> Path:
-    return Path(config["attack_dir"]) / config["dataset"] / config["model"] / config["attack"]
+    """``<attack_dir>/<DATASET>/<MODEL>/<ATTACK>``: attack.py's run folders and their ``latest`` pointer."""
+    return Path(config["attack_dir"]) / config["dataset"] / config["model"] / str(config["attack"])
 
 
-def load_target_model(config: dict, num_classes: int):
+def target_model_path(config: dict) -> Path:
+    """The checkpoint to defend: ``--model-path``, else the model of attack.py's latest finished run for this
+    dataset/model/attack (``<attack folder>/latest/model.pth``; a pre-run-folder ``<attack folder>/model.pth``
+    is still found). Returned absolute and resolved, so that the run records which file it defended."""
+    if config["model_path"]:
+        return Path(config["model_path"]).expanduser().resolve()
+    root = attack_folder(config)
+    latest = read_latest(root)
+    if latest is not None and (latest / "model.pth").is_file():
+        return latest / "model.pth"
+    if (root / "model.pth").is_file():
+        return (root / "model.pth").resolve()
+    raise UserError(f"no trained model at {root / 'latest' / 'model.pth'}: run `python attack.py --dataset "
+                    f"{config['dataset']} --attack {config['attack']}` first, or pass --model-path")
+
+
+def load_target_model(config: dict, num_classes: int, log=None):
     """The model to defend, and the attack config it was trained with (None for a third-party checkpoint)."""
-    path = Path(config["model_path"]) if config["model_path"] else attack_folder(config) / "model.pth"
-    if not config["model_path"] and not path.is_file():
-        raise UserError(f"no trained model at {path}: run `python attack.py --dataset {config['dataset']} --attack "
-                        f"{config['attack']}` first (same --preset), or pass --model-path")
-    classifier, meta = load_classifier(path, config["model"], config["dataset"], num_classes, config["normalization"])
+    path = target_model_path(config)
+    classifier, meta = load_classifier(path, config["model"], config["dataset"], num_classes, config["normalization"],
+                                       config.get("mean"), config.get("std"), log=log)
     return classifier, meta.get("attack"), path
 
 
@@ -65,35 +81,72 @@ def poisoned_testset(config: dict, attack_config: dict | None, test, image_size:
     return attack.poison_test(test), attack_config
 
 
-def default_run_name(config: dict) -> str:
-    return f"{config.get('preset') or 'custom'}_seed{config['seed']}"
+def refine_root(config: dict) -> Path:
+    """``<out>/<DATASET>/<MODEL>/<ATTACK>``: holds one folder per REFINE run and the ``latest`` pointer."""
+    return Path(config["out"]) / config["dataset"] / config["model"] / str(config["attack"])
 
 
 def run_refine(config: dict) -> dict:
+    """Defends a trained classifier as ``config`` says; returns the BA/ASR before and after.
+
+    The run folder is ``<preset>_seed<seed>_<hash8>`` (or ``--run-name``), where the hash covers the whole
+    configuration and the SHA-256 of the defended model file (see core.runlog). Every check - options, model,
+    data, trigger, an existing run in the way - comes before the first write.
+    """
+    config = validate("refine", config)
     num_classes, image_size = dataset_info(config["dataset"])
-    folder = Path(config["out"]) / config["dataset"] / config["model"] / str(config["attack"]) / (
-        config["run_name"] or default_run_name(config))
-    state_path = folder / "train_state.pth"
-    if config["fresh"]:
-        state_path.unlink(missing_ok=True)
-    run = RunLog(folder, resume=state_path.is_file())
     device = resolve_device(config["device"])
-    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device)}
-    run.write_config(config)
-    classifier, attack_config, model_path = load_target_model(config, num_classes)
-    run.log(f"refine.py: defending {model_path} ({classifier.spec['model']} width {classifier.spec['width']}) "
-            f"on {config['dataset']}, device {device}, output {folder}")
+    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
+              "data_root": str(Path(config["data_root"]).expanduser().resolve()),
+              "attack_dir": str(Path(config["attack_dir"]).expanduser().resolve()),
+              "out": str(Path(config["out"]).expanduser().resolve())}
+    notes = []  # log lines from before the run folder exists
+    classifier, attack_config, model_path = load_target_model(config, num_classes, notes.append)
+    config = {**config, "model_path": str(model_path),  # the file defended, absolute (its hash is in the settings)
+              **{k: classifier.spec[k] for k in ("normalization", "mean", "std")}}  # what is used
+    ensure_data(config, notes.append)
     train = load_split(config["dataset"], "train", config["data_root"], config["allow_embedded"])
     test = load_split(config["dataset"], "test", config["data_root"], config["allow_embedded"])
     if config["test_size"]:
         test = evaluation_subset(test, config["test_size"])
     count = int(round(config["data_fraction"] * len(train)))
     if not 0 < count <= len(train):
-        raise UserError(f"--data-fraction must be in (0, 1], got {config['data_fraction']}")
+        raise UserError(f"--data-fraction {config['data_fraction']} of {len(train)} training images is "
+                        f"{count} images; use a larger fraction (at most 1)")
     unlabeled = train.images[seeded_subset(len(train), count, config["seed"])]  # labels are never used
+    poisoned_test, attack_config = poisoned_testset(config, attack_config, test, image_size)
+    settings = run_settings(config, data={"train": describe_split(train), "test": describe_split(test)})
+    folder = refine_root(config) / (config["run_name"] or run_name(config, settings))
+    state_path = folder / "train_state.pth"
+    status = check_run_folder(folder, settings, "defended_model.pth", config["fresh"])
+    if status == "finished":
+        metrics = read_metrics(folder)
+        final = metrics.get("final", {})
+        point_latest(folder.parent, folder.name)
+        print(f"already finished: {folder} ({'REFINE ' + format_metrics(final) if final else 'see metrics.json'}); "
+              f"nothing to train (--fresh discards unfinished runs only; delete the folder to train it again)")
+        return {"no_defense": metrics.get("no_defense"), "refine": final}
+    if status == "resume":
+        EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
+
+    # -- every check passed: from here on the run writes into its folder ------------------------------
+    run = RunLog(folder)
+    if status == "fresh":
+        for name in ("train_state.pth", "unet.pth", "defended_model.pth"):
+            (folder / name).unlink(missing_ok=True)
+        run.discard_metrics()
+        run.log("--fresh: the unfinished run in this folder is discarded")
+    write_run_record(folder, settings)
+    run.write_config(config)
+    run.log(f"refine.py: defending {model_path} ({classifier.spec['model']} width {classifier.spec['width']}) "
+            f"on {config['dataset']}, device {device}, output {folder}")
+    if config.get("preset_section"):
+        run.log(f"recipe: {config['preset_section']}")
+    for note in notes:
+        run.log(note)
+    run.log(f"normalization inside the model: {config['normalization']} (mean {config['mean']}, std {config['std']})")
     run.log(f"data: {train.source}; {len(unlabeled)} unlabeled images for the defense")
     run.log(f"data: {test.source}; {len(test)} test images")
-    poisoned_test, attack_config = poisoned_testset(config, attack_config, test, image_size)
     if poisoned_test is None:
         run.log("no attack known for this model: ASR is not measured (pass --attack and --trigger for a third-party model)")
 
@@ -105,7 +158,7 @@ def run_refine(config: dict) -> dict:
     defense = REFINE(UNet(config["unet_channels"]), classifier, num_classes, seed=config["seed"], loss=config["loss"],
                      lam=config["sup"], temperature=config["temperature"], remap=config["remap"], device=device,
                      amp=config["amp"])
-    (folder / "label_mapping.json").write_text(json.dumps(
+    atomic_text(folder / "label_mapping.json", json.dumps(
         {"permutation": defense.remap.permutation.tolist(),
          "meaning": "the score of original class j is moved to position permutation[j]"}, indent=2))
     run.log(f"label mapping (class j -> position): {defense.remap.permutation.tolist()}")
@@ -118,13 +171,16 @@ def run_refine(config: dict) -> dict:
         return metrics
 
     started = time.time()
-    defense.train(unlabeled, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
-                  optimizer=config["optimizer"], momentum=config["momentum"], weight_decay=config["weight_decay"],
-                  schedule=config["schedule"], milestones=config["milestones"], gamma=config["decay"],
-                  augment=config["augment"], pseudo_labels=config["pseudo_labels"], compile=config["compile"],
-                  state_path=state_path,
-                  fingerprint={k: config[k] for k in TRAINING_KEYS}, evaluate=evaluate,
-                  eval_every=config["eval_every"], log=run.log)
+    try:
+        defense.train(unlabeled, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
+                      optimizer=config["optimizer"], momentum=config["momentum"], weight_decay=config["weight_decay"],
+                      schedule=config["schedule"], milestones=config["milestones"], gamma=config["decay"],
+                      augment=config["augment"], pseudo_labels=config["pseudo_labels"], compile=config["compile"],
+                      state_path=state_path, fingerprint=settings, evaluate=evaluate,
+                      eval_every=config["eval_every"], log=run.log)
+    except DivergedError as exc:
+        run.log(f"stopped: {exc}; no defended model saved, the last good epoch stays resumable", echo=False)
+        raise
     done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]
     final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(config["epochs"])
     defended = defense.defended_model().cpu()
@@ -132,6 +188,8 @@ def run_refine(config: dict) -> dict:
                   attack=attack_config, source_model=str(model_path), final_metrics=final)
     wall = time.time() - started
     run.update_metrics(final=final, train_wall_seconds_this_call=round(wall, 1))
+    write_run_record(folder, settings, finished=True)
+    point_latest(folder.parent, folder.name)
     run.log(f"done in {wall / 60:.1f} min: no defense {format_metrics(original)} -> REFINE {format_metrics(final)}; "
             f"defended model at {folder / 'defended_model.pth'}")
     return {"no_defense": original, "refine": final}
@@ -139,9 +197,13 @@ def run_refine(config: dict) -> dict:
 
 def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embedded: bool = False,
                  batch_size: int | None = None) -> dict:
-    """BA/ASR of a saved defense (``<run>/defended_model.pth``) on the benign and poisoned test sets."""
+    """BA/ASR of a saved defense on the benign and poisoned test sets. ``run_folder``: a run folder, its
+    ``defended_model.pth``, or the folder above the runs (then its ``latest`` run is evaluated)."""
     folder = Path(run_folder)
+    if folder.is_dir() and not (folder / "defended_model.pth").exists() and read_latest(folder) is not None:
+        folder = read_latest(folder)  # refine_res/<DATASET>/<MODEL>/<ATTACK>: its latest run
     path = folder / "defended_model.pth" if folder.is_dir() else folder
+    folder = path.parent
     model, meta = load_defended(path)
     dataset = meta.get("dataset", "CIFAR10")
     _, image_size = dataset_info(dataset)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .augment import AUGMENTATIONS
 from .checkpoint import atomic_save, safe_load
 from .data import Split, iterate_batches, memory_format
-from .errors import UserError
+from .errors import DivergedError, UserError
 from .seeding import generator
 
 
@@ -70,16 +70,29 @@ class EpochState:
     def __init__(self, path, modules: dict[str, nn.Module], optimizer, fingerprint: dict):
         self.path, self.modules, self.optimizer, self.fingerprint = Path(path), modules, optimizer, fingerprint
 
+    @staticmethod
+    def read(path, fingerprint: dict) -> dict | None:
+        """The saved state at ``path`` (None if there is none), refused unless it was saved with ``fingerprint``.
+
+        Loading it is a check in itself: a truncated or corrupt file is named here, before a run writes anything.
+        """
+        path = Path(path)
+        if not path.is_file():
+            return None
+        blob = safe_load(path)
+        saved = blob.get("fingerprint") if isinstance(blob, dict) else None
+        if saved != fingerprint:
+            saved = saved if isinstance(saved, dict) else {}
+            changed = sorted(k for k in set(fingerprint) | set(saved) if fingerprint.get(k) != saved.get(k))
+            raise UserError(f"{path.parent} holds an unfinished run with other settings ({', '.join(changed)}); "
+                            f"use the same settings to resume, another --out, or --fresh to start over")
+        return blob
+
     def load(self) -> int:
         """Restores the saved state if any; returns the number of epochs already done (0 for a new run)."""
-        if not self.path.is_file():
+        blob = self.read(self.path, self.fingerprint)
+        if blob is None:
             return 0
-        blob = safe_load(self.path)
-        if blob.get("fingerprint") != self.fingerprint:
-            changed = sorted(k for k in set(self.fingerprint) | set(blob.get("fingerprint", {}))
-                             if self.fingerprint.get(k) != blob.get("fingerprint", {}).get(k))
-            raise UserError(f"{self.path.parent} holds an unfinished run with other settings ({', '.join(changed)}); "
-                            f"use the same settings to resume, another --out, or --fresh to start over")
         for name, module in self.modules.items():
             module.load_state_dict(blob["modules"][name])
         self.optimizer.load_state_dict(blob["optimizer"])
@@ -88,6 +101,46 @@ class EpochState:
     def save(self, epoch: int) -> None:
         atomic_save({"epoch": epoch, "fingerprint": self.fingerprint, "optimizer": self.optimizer.state_dict(),
                      "modules": {n: m.state_dict() for n, m in self.modules.items()}}, self.path)
+
+
+class LossGuard:
+    """Stops a training loop whose loss stops being finite (nan or inf): a diverged run is not a result.
+
+    ``update(loss, step)`` records on the loss's own device the first step of the epoch whose loss is not
+    finite, so the loop needs no host synchronisation per step; every ``every`` steps, and when the loop
+    calls :meth:`check` at the end of the epoch (before it evaluates or saves anything), one ``.item()``
+    looks at the record and raises :class:`DivergedError` naming the epoch and the step. The loop's last
+    saved state is then the one of the last good epoch. Shared by every training loop of the toolkit.
+    """
+
+    NONE = -1
+
+    def __init__(self, every: int = 20, hint: str = "lower the learning rate (--lr)"):
+        self.every, self.hint = every, hint
+        self.epoch, self.first, self.value = 0, None, None
+
+    def start_epoch(self, epoch: int, device) -> None:
+        """``epoch``: 0-based index of the epoch that starts."""
+        self.epoch = epoch
+        self.first = torch.full((), self.NONE, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """``step``: 0-based index of the step within the epoch."""
+        loss = loss.detach().float()
+        new = ~torch.isfinite(loss) & (self.first == self.NONE)
+        self.first = torch.where(new, torch.full_like(self.first, step), self.first)
+        self.value = torch.where(new, loss, self.value)
+        if (step + 1) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        if self.first is None:
+            return
+        step = int(self.first.item())
+        if step != self.NONE:
+            raise DivergedError(f"loss became {float(self.value.item())} at epoch {self.epoch + 1}, step {step + 1}: "
+                                f"training diverged; {self.hint}")
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -123,7 +176,8 @@ def train_classifier(
 
     The training images go to ``device`` once, as uint8; batches are augmented there. With
     ``state_path`` the run is resumable: the epoch state is saved after every epoch and reloaded on start.
-    ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one.
+    ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one. A non-finite loss
+    raises :class:`DivergedError` (see :class:`LossGuard`); the state of the last good epoch stays saved.
     """
     device = torch.device(device)
     layout = memory_format(device)
@@ -136,8 +190,10 @@ def train_classifier(
     images, labels = train.images.to(device), train.labels.to(device)
     steps = math.ceil(len(labels) / batch_size)
     augment_fn = AUGMENTATIONS[augment]
+    guard = LossGuard()
     for epoch in range(start, epochs):
         model.train()
+        guard.start_epoch(epoch, device)
         shuffle = generator(seed, "shuffle", epoch)  # per-epoch streams make a resumed run exact
         aug_gen = generator(seed, "augment", epoch, device=device)
         seen, loss_sum, correct, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
@@ -152,12 +208,14 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            guard.update(loss, step)
             seen += len(y)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}",
                                 img_s=f"{seen / (time.time() - t0):.0f}")
+        guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
         log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / seen:.4f}, train acc {100 * correct.item() / seen:.2f}%, "
             f"{seen / (time.time() - t0):.0f} img/s, lr {opt.param_groups[0]['lr']:.5f}")
         # evaluate before saving: an interruption in between repeats the epoch rather than skipping its evaluation

@@ -24,3 +24,18 @@ def make_synthetic(n: int, num_classes: int = 4, size: int = 32, seed: int = 0) 
 @pytest.fixture
 def synthetic():
     return make_synthetic
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checkout_stays_clean():
+    """Tests write under tmp_path only: after the session, no new path may exist under the checkout's
+    run-output folders (attack/, refine_res/)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def outputs():
+        return {str(p) for name in ("attack", "refine_res") for p in (root / name).rglob("*")}
+
+    before = outputs()
+    yield
+    new = sorted(outputs() - before)
+    assert not new, f"tests wrote into the checkout: {new[:5]}"

@@ -39,8 +39,12 @@ def test_folder_tree_and_tarball_give_the_same_tensors(tmp_path):
 
 
 def test_missing_data_and_wrong_size_errors(tmp_path):
-    with pytest.raises(UserError, match="no CIFAR10 data found.*tar xzf"):
+    missing = r"no CIFAR10 data found.*pass --download.*/CIFAR10/train/<class>/.*--data-root"
+    with pytest.raises(UserError, match=missing) as info:
         load_split("CIFAR10", "train", tmp_path)
+    assert "shared/" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"no ImageNet50 data found.*docs/data.md.*/ImageNet50/train/<class>/"):
+        load_split("ImageNet50", "train", tmp_path)
     write_tree(tmp_path, per_class=1, size=20)
     with pytest.raises(UserError, match="20x20 but this dataset expects 32x32"):
         load_split("CIFAR10", "test", tmp_path)
@@ -63,13 +67,18 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_errors_are_one_line():
-    r = run_cli("attack.py", "--attack", "Nope", "--data-root", "/nonexistent")
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown attack 'Nope'" in r.stderr
-    r = run_cli("attack.py", "--attack", "BadNets", "--data-root", "/nonexistent", "--epochs", "1")
+def test_cli_errors_are_one_line(tmp_path):
+    # every output goes under tmp_path, and a refused run must not even create its output folder
+    out, refine_out = tmp_path / "attack", tmp_path / "refine"
+    r = run_cli("attack.py", "--attack", "Nope", "--data-root", "/nonexistent", "--out", str(out))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--attack must be one of" in r.stderr
+    assert "got 'Nope'" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("attack.py", "--attack", "BadNets", "--data-root", "/nonexistent", "--epochs", "1", "--out", str(out))
     assert r.returncode == 2 and "no CIFAR10 data found under /nonexistent" in r.stderr
-    r = run_cli("refine.py", "--attack", "Blended", "--attack-dir", "/nonexistent", "--data-root", "/nonexistent")
+    r = run_cli("refine.py", "--attack", "Blended", "--attack-dir", "/nonexistent", "--data-root", "/nonexistent",
+                "--out", str(refine_out))
     assert r.returncode == 2 and "run `python attack.py" in r.stderr
+    assert not out.exists() and not refine_out.exists()
 
 
 def test_attack_then_refine_then_eval_end_to_end(tmp_path):
@@ -78,8 +87,10 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
     r = run_cli("attack.py", "--attack", "BadNets", "--epochs", "1", "--width", "4", "--out", str(tmp_path / "attack"),
                 *common)
     assert r.returncode == 0, r.stderr
-    folder = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets"
-    for name in ("model.pth", "trigger.pth", "trigger_pattern.png", "config.yaml", "metrics.json", "log.txt"):
+    folder = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets" / "latest"  # the run that finished last
+    assert folder.resolve().name.startswith("mini_seed0_")
+    for name in ("model.pth", "trigger.pth", "trigger_pattern.png", "config.yaml", "metrics.json", "log.txt",
+                 "run.json"):
         assert (folder / name).is_file(), name
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["final"]["BA_total"] == 20 and metrics["final"]["ASR_total"] == 18  # balanced subset
@@ -88,7 +99,8 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
     r = run_cli("refine.py", "--attack", "BadNets", "--epochs", "1", "--unet-channels", "4", "--attack-dir",
                 str(tmp_path / "attack"), "--out", str(tmp_path / "refine"), "--seed", "3", *common)
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "refine" / "CIFAR10" / "ResNet18" / "BadNets" / "mini_seed3"
+    [run] = (tmp_path / "refine" / "CIFAR10" / "ResNet18" / "BadNets").glob("mini_seed3_*")
+    assert (run.parent / "latest").resolve() == run.resolve()
     no_defense = json.loads((run / "metrics.json").read_text())["no_defense"]
     assert no_defense == {k: metrics["final"][k] for k in no_defense}, "same model and images, other seed"
     log = (run / "log.txt").read_text()

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..metrics import ba_asr, predict
 from ..models import Classifier, UNet
 from ..seeding import generator
-from ..train import EpochState, autocast, lr_factor, make_optimizer, set_lr
+from ..train import EpochState, LossGuard, autocast, lr_factor, make_optimizer, set_lr
 from .losses import remapped_loss, supcon_loss
 from .remap import LabelRemap, random_derangement
 
@@ -160,7 +160,8 @@ class REFINE:
         one forward pass of F per step. ``compile``: run T and F through ``torch.compile`` on full batches
         (falls back to eager mode, with a warning, where compilation fails). Resumable through
         ``state_path`` like :func:`core.train.train_classifier`; ``evaluate(epoch)`` runs every
-        ``eval_every`` epochs and after the last.
+        ``eval_every`` epochs and after the last. A non-finite loss raises ``DivergedError`` and keeps the
+        state of the last good epoch (:class:`core.train.LossGuard`).
         """
         if pseudo_labels not in ("augmented", "clean"):
             raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
@@ -178,8 +179,10 @@ class REFINE:
         fast = {"unet": torch.compile(self.unet), "model": torch.compile(self.model)} if compile else {}
         steps = math.ceil(len(images) / batch_size)
         augment_fn = AUGMENTATIONS[augment]
+        guard = LossGuard(every=10)
         for epoch in range(start, epochs):
             self.unet.train()
+            guard.start_epoch(epoch, self.device)
             self.model.eval()  # F stays frozen, BatchNorm included
             shuffle = generator(self.seed, "refine-shuffle", epoch)
             aug_gen = generator(self.seed, "refine-augment", epoch, device=self.device)
@@ -205,11 +208,13 @@ class REFINE:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                guard.update(loss, step)
                 seen += len(x)
                 for k, v in {"loss": loss.detach(), **parts}.items():
                     sums[k] = sums.get(k, 0) + v * len(x)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+            guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
             means = {k: (v / seen).item() for k, v in sums.items()}
             log(f"REFINE epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
                 + f", {seen / (time.time() - t0):.0f} img/s, lr {opt.param_groups[0]['lr']:.5f}")

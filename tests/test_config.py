@@ -1,0 +1,59 @@
+"""Preset resolution: layers in order, and the embedded-sample section chosen by the data that is found."""
+import argparse
+
+import pytest
+
+from core.config import resolve
+from core.errors import UserError
+from core.run_attack import DEFAULTS as ATTACK_DEFAULTS
+from core.run_refine import DEFAULTS as REFINE_DEFAULTS
+
+
+def args(**given):
+    return argparse.Namespace(**given)
+
+
+def make_cifar_tree(root):
+    for split in ("train", "test"):
+        (root / "CIFAR10" / split / "airplane").mkdir(parents=True)
+
+
+def test_layers_apply_in_order_and_flags_win(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("lr: 0.05\nepochs: 9\n")
+    config = resolve("attack", ATTACK_DEFAULTS, args(preset="mini", config=str(extra), epochs=2,
+                                                     data_root=str(tmp_path)))
+    assert config["width"] == 16  # preset
+    assert config["lr"] == 0.05  # --config over the preset
+    assert config["epochs"] == 2  # the flag over both
+
+
+def test_unknown_option_in_a_preset_layer_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    with pytest.raises(UserError, match="unknown option.*epochz"):
+        resolve("attack", ATTACK_DEFAULTS, args(config=str(bad)))
+
+
+@pytest.mark.parametrize("task, defaults, expected", [
+    ("attack", ATTACK_DEFAULTS, {"epochs": 5}),
+    ("refine", REFINE_DEFAULTS, {"batch_size": 64, "lr": 0.002, "epochs": 4, "data_fraction": 0.85, "compile": False}),
+])
+def test_mini_preset_picks_its_sample_recipe_only_when_the_sample_is_the_data(tmp_path, task, defaults, expected):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    on_sample = resolve(task, defaults, args(preset="mini", data_root=str(empty)))
+    assert {k: on_sample[k] for k in expected} == expected
+    assert "embedded sample" in on_sample["preset_section"]
+
+    full = tmp_path / "full"
+    make_cifar_tree(full)
+    on_full = resolve(task, defaults, args(preset="mini", data_root=str(full)))
+    assert on_full["preset_section"] is None
+    assert any(on_full[k] != v for k, v in expected.items())
+
+    downloading = resolve(task, defaults, args(preset="mini", data_root=str(empty), download=True))
+    assert downloading["preset_section"] is None  # --download brings the full data set
+
+    typed = resolve(task, defaults, args(preset="mini", data_root=str(empty), epochs=1))
+    assert typed["epochs"] == 1  # a typed flag beats the section too
