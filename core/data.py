@@ -130,6 +130,18 @@ def _cache_path(root: Path, dataset: str, split: str) -> Path:
     return root / f".cache_{dataset}_{split}.pt"
 
 
+def _read_cache(cache: Path):
+    """The decoded images of a folder tree saved by an earlier run, or None (absent, truncated, foreign):
+    a cache that cannot be read is rebuilt from the images, never trusted or fatal."""
+    if not cache.is_file():
+        return None
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        return blob["images"], blob["labels"], tuple(blob["classes"])
+    except Exception:  # noqa: BLE001 - any unreadable cache is just rebuilt
+        return None
+
+
 def find_source(dataset: str, data_root: str | os.PathLike) -> tuple[str, Path]:
     """Locates a data set. Returns (kind, path) with kind in {'folder', 'tarball', 'cifar-batches'}."""
     root = Path(data_root)
@@ -177,15 +189,15 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
         kind, path = "tarball", EMBEDDED_SAMPLE
     if kind == "folder":
         cache = _cache_path(path, dataset, split)
-        if cache.is_file():
-            blob = torch.load(cache, weights_only=True)
-            images, labels, classes = blob["images"], blob["labels"], tuple(blob["classes"])
+        cached = _read_cache(cache)
+        if cached is not None:
+            images, labels, classes = cached
         else:
             images, labels, classes = _read_folder_tree(path / split, size)
             try:
-                tmp = cache.with_suffix(".tmp")
-                torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
-                os.replace(tmp, cache)
+                from .checkpoint import atomic_save
+
+                atomic_save({"images": images, "labels": labels, "classes": list(classes)}, cache)
             except OSError:
                 pass  # read-only data folder: no cache, still correct
     elif kind == "tarball":

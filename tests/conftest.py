@@ -1,4 +1,5 @@
 """Tiny synthetic data for fast, deterministic tests (no real data set needed)."""
+import os
 import sys
 from pathlib import Path
 
@@ -39,3 +40,28 @@ def checkout_stays_clean():
     yield
     new = sorted(outputs() - before)
     assert not new, f"tests wrote into the checkout: {new[:5]}"
+
+
+def seeds(*default: int) -> list[int]:
+    """Seeds for a seed-sensitive test: ``default``, or those in $TEST_SEEDS ("0-3" or "0,1,2,3") to sweep more."""
+    spec = os.environ.get("TEST_SEEDS", "").strip()
+    if not spec:
+        return list(default)
+    if "-" in spec:
+        lo, hi = spec.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in spec.split(",")]
+
+
+def write_tree(root: Path, per_class: int = 3, size: int = 32, classes: int = 10) -> None:
+    """A tiny image-folder CIFAR10 (random pixels, PNG) under ``root``: ``root/CIFAR10/{train,test}/class<c>/``."""
+    import cv2
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / "CIFAR10" / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+                cv2.imwrite(str(folder / f"{i}.png"), img)

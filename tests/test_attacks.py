@@ -55,10 +55,19 @@ def test_poisoned_rate_is_exact_and_only_those_samples_change(synthetic, rate):
     assert torch.equal(poisoned.images[clean], data.images[clean])
 
 
-def test_poisoned_test_set_drops_target_class_and_relabels(synthetic):
-    test = synthetic(40, num_classes=4)
-    poisoned = BadNets(y_target=1).poison_test(test)
-    assert len(poisoned) == 30 and (poisoned.labels == 1).all()
+@pytest.mark.parametrize("attack", [BadNets(y_target=2, image_size=32, seed=1), Blended(y_target=3, image_size=32)],
+                         ids=["BadNets", "Blended"])
+def test_poisoned_test_set_is_exactly_the_triggered_non_target_images(synthetic, attack):
+    # y_target != 0, and which images are kept is checked, not only how many: dropping another class
+    # (say y_target + 1) instead of the target's, or reordering, fails
+    test = synthetic(40, num_classes=4, seed=7)
+    keep = [i for i in range(40) if test.labels[i] != attack.y_target]
+    poisoned = attack.poison_test(test)
+    assert len(keep) == 30
+    assert torch.equal(poisoned.images, attack.poison_uint8(test.images[keep]))
+    assert poisoned.labels.dtype == torch.int64 and torch.equal(poisoned.labels, torch.full((30,), attack.y_target))
+    assert not torch.equal(poisoned.images, test.images[keep])  # the trigger is on them
+    assert torch.equal(test.labels, torch.arange(40) % 4)  # the clean test set is left as it was
 
 
 def test_poisoned_indices_do_not_coincide_with_the_first_shuffled_batch(synthetic):

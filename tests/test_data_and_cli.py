@@ -4,26 +4,15 @@ import sys
 import tarfile
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 
 from core.augment import random_crop_flip, random_grayscale, random_resized_crop_flip
 from core.data import load_split
 from core.errors import UserError
+from conftest import write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_tree(root: Path, per_class=3, size=32, classes=10):
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for c in range(classes):
-            folder = root / "CIFAR10" / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                img = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
-                cv2.imwrite(str(folder / f"{i}.png"), img)
 
 
 def test_folder_tree_and_tarball_give_the_same_tensors(tmp_path):
@@ -36,6 +25,16 @@ def test_folder_tree_and_tarball_give_the_same_tensors(tmp_path):
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert (tmp_path / "tree" / "CIFAR10" / ".cache_CIFAR10_train.pt").is_file()
     assert torch.equal(load_split("CIFAR10", "train", tmp_path / "tree").images, a.images)  # from the cache
+
+
+def test_a_damaged_decoding_cache_is_rebuilt_not_fatal(tmp_path):
+    write_tree(tmp_path / "tree")
+    first = load_split("CIFAR10", "test", tmp_path / "tree")
+    cache = tmp_path / "tree" / "CIFAR10" / ".cache_CIFAR10_test.pt"
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated, e.g. by a crash of another tool
+    again = load_split("CIFAR10", "test", tmp_path / "tree")
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert len(cache.read_bytes()) > 100  # rewritten whole
 
 
 def test_missing_data_and_wrong_size_errors(tmp_path):

@@ -1,12 +1,15 @@
+import functools
 import itertools
 import math
 
 import pytest
 import torch
 
+from conftest import seeds
 from core.attacks import BadNets
 from core.defenses import REFINE, LabelRemap, load_defended, random_derangement, save_defended
 from core.defenses.losses import remapped_loss, supcon_loss
+from core.errors import UserError
 from core.metrics import ba_asr
 from core.models import UNet, build_classifier
 from core.train import train_classifier
@@ -20,6 +23,19 @@ def test_mapping_is_a_derangement(k):
         assert all(perm[j] != j for j in range(k))
 
 
+def test_derangements_are_drawn_from_the_seed_not_fixed():
+    # a fixed derangement (say roll(arange, 1)) passes the test above: every seed must not give the same one
+    tens = {tuple(random_derangement(10, torch.Generator().manual_seed(s)).tolist()) for s in range(30)}
+    assert len(tens) >= 25, f"only {len(tens)} distinct derangements of 10 classes over 30 seeds"
+    threes = {tuple(random_derangement(3, torch.Generator().manual_seed(s)).tolist()) for s in range(30)}
+    assert threes == {(1, 2, 0), (2, 0, 1)}  # both derangements of 3 classes occur
+    model = torch.nn.Linear(1, 10)
+    mappings = {tuple(REFINE(UNet(4), model, num_classes=10, seed=s).remap.permutation.tolist()) for s in range(8)}
+    assert len(mappings) >= 6, "REFINE's label mapping must depend on its seed"
+    again = REFINE(UNet(4), model, num_classes=10, seed=3).remap.permutation
+    assert torch.equal(again, REFINE(UNet(4), model, num_classes=10, seed=3).remap.permutation)  # and only on it
+
+
 def test_remap_moves_class_j_to_position_pi_j():
     perm = torch.tensor([2, 0, 3, 1])
     scores = torch.tensor([[10.0, 11.0, 12.0, 13.0]])
@@ -28,17 +44,34 @@ def test_remap_moves_class_j_to_position_pi_j():
         assert out[0, perm[j]] == scores[0, j]
 
 
+def _supcon_by_hand(feats, labels, tau):
+    """Khosla et al.'s L_out, one anchor at a time in float64: mean over anchors that have a positive of
+    -1/|P(i)| sum_p log(exp(z_i.z_p/tau) / sum_{a != i} exp(z_i.z_a/tau))."""
+    z = [f.double() / f.double().norm() for f in feats]
+    n, per_anchor = len(z), []
+    for i in range(n):
+        pos = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        if not pos:
+            continue  # an anchor without positives is left out of the mean
+        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in range(n) if a != i)
+        per_anchor.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in pos) / len(pos))
+    return sum(per_anchor) / len(per_anchor)
+
+
 def test_supcon_matches_a_hand_computation():
     feats = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1])
-    tau = 0.5
-    z = feats / feats.norm(dim=1, keepdim=True)
-    expected = []
-    for i in range(4):
-        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in range(4) if a != i)
-        pos = [p for p in range(4) if p != i and labels[p] == labels[i]]
-        expected.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in pos) / len(pos))
-    assert supcon_loss(feats, labels, tau).item() == pytest.approx(sum(expected) / 4, rel=1e-5)
+    assert supcon_loss(feats, labels, 0.5).item() == pytest.approx(_supcon_by_hand(feats, labels, 0.5), rel=1e-5)
+
+
+def test_supcon_divides_by_each_anchors_positive_count_and_skips_anchors_without_one():
+    # 3 anchors with 2 positives, 2 with 1, and one (label 2) with none: a sum instead of the mean over P(i),
+    # or the positive-less anchor counted in the average, both change the value
+    feats = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    for tau in (0.5, 0.1):
+        expected = _supcon_by_hand(feats, labels, tau)
+        assert supcon_loss(feats, labels, tau).item() == pytest.approx(expected, rel=1e-5), tau
 
 
 def test_supcon_ignores_anchors_without_positives():
@@ -57,8 +90,10 @@ def test_ce_and_bce_losses():
     assert remapped_loss(logits, y, "bce").item() == pytest.approx(bce, rel=1e-5)
 
 
+@functools.lru_cache(maxsize=1)
 def _backdoored_model(synthetic):
-    # 16×16 images keep the UNet cheap; the 3×3 trigger and the recipe are those of test_training
+    # 16×16 images keep the UNet cheap; the 3×3 trigger and the recipe are those of test_training.
+    # Trained once per session (F is frozen by every test that uses it, and the first one checks that).
     train, test = synthetic(600, seed=1, size=16), synthetic(200, seed=2, size=16)
     attack = BadNets(y_target=0, poisoned_rate=0.2, seed=0, image_size=16)
     torch.manual_seed(0)
@@ -125,17 +160,22 @@ def test_unet_starts_inside_the_clamp_range_and_passes_gradients():
         assert (unet.eval()(x[:1]) - unet(x[1:2])).abs().max() > 1e-3, "T(x) must start input-dependent"
 
 
-def test_the_papers_sgd_recipe_trains_the_transform(synthetic):
-    # The other tests train with Adam; this one runs the paper's optimizer. (It does not catch the zero-weight
-    # start that trapped SGD on real CIFAR-10 — this tiny problem escapes it — the test above does.)
+@pytest.mark.parametrize("seed", seeds(0, 3))
+def test_the_papers_sgd_recipe_trains_the_transform(synthetic, seed):
+    # The other tests train with Adam; this one runs the paper's optimizer (SGD, momentum 0.9, weight decay
+    # 5e-4). (It does not catch the zero-weight start that trapped SGD on real CIFAR-10 — this tiny problem
+    # escapes it — the test above does.) On this problem T(x) starts nearly constant, and the paper's lr 0.01
+    # drives 85-99 % of its pixels into the clamp within an epoch: seeds 2 and 3 collapsed to one class (seed 1
+    # to two); lr 3e-3 still collapsed seed 7. lr 1e-3 for 6 epochs kept at least 3 of the 4 classes for every
+    # seed 0-15 (BA 100 for all but seed 3, which has 75). TEST_SEEDS=0-15 sweeps them.
     model, train, test, poisoned = _backdoored_model(synthetic)
-    torch.manual_seed(0)
-    defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
-    defense.train(train.images, epochs=4, batch_size=32, lr=0.01, optimizer="SGD", momentum=0.9,
+    torch.manual_seed(seed)
+    defense = REFINE(UNet(8), model, num_classes=4, seed=seed, loss="ce")
+    defense.train(train.images, epochs=6, batch_size=32, lr=1e-3, optimizer="SGD", momentum=0.9,
                   weight_decay=5e-4, schedule="constant", log=lambda m: None)
     predictions = defense.predict(test.images.float() / 255)
-    assert predictions.unique().numel() > 1, "the defended model predicts one class for every image"
-    assert defense.test(test, poisoned)["BA"] > 35  # chance is 25 %
+    assert predictions.unique().numel() >= 3, f"seed {seed}: predicted classes {predictions.bincount().tolist()}"
+    assert defense.test(test, poisoned)["BA"] > 60  # chance is 25 %; each class is all right or all wrong here
 
 
 def _tiny_classifier():
@@ -169,12 +209,102 @@ def test_refine_with_clean_pseudo_labels_lowers_asr(synthetic):
     assert after["ASR"] < 40 and after["BA"] > 45, after
 
 
-def test_compiled_training_step_matches_eager_and_falls_back(monkeypatch, synthetic):
+class _Brightness(torch.nn.Module):
+    """A weightless F: class 0 for dark images, 1 for bright ones; its four logits differ near mid-grey, so the
+    loss of M(F(T(x))) against label 0 is not the loss against label 1 whatever the mapping M."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3)) - 0.5
+        return torch.stack([-20 * m, 20 * m + 0.5, torch.full_like(m, -1.0), torch.full_like(m, -2.0)], 1)
+
+
+@pytest.mark.parametrize("mode", ["clean", "augmented"])
+def test_pseudo_label_mode_decides_which_view_labels_each_batch(monkeypatch, mode):
+    # The augmentation inverts the images: F calls the clean images 0 and every training view 1, so the loss of
+    # each step tells which labels it was computed against ('clean' silently ignored would train against 1).
+    from core.augment import AUGMENTATIONS
+
+    monkeypatch.setitem(AUGMENTATIONS, "invert", lambda x, generator=None: 1 - x)
+    images = torch.randint(0, 80, (12, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    defense = REFINE(UNet(4), _Brightness(), num_classes=4, seed=0, lam=0.0)
+    assert (defense.pseudo_labels(images) == 0).all()
+    real, checked = defense.losses, []
+
+    def spy(x, *args, **kwargs):
+        loss, parts = real(x, *args, **kwargs)
+        with torch.no_grad():
+            assert (defense.model(x).argmax(1) == 1).all(), "the step trains on the augmented (inverted) view"
+            remapped = defense.remap(defense.model(defense.unet(x)))  # T in training mode: the same batch statistics
+            against = {label: remapped_loss(remapped, torch.full((len(x),), label), "ce").item() for label in (0, 1)}
+        assert against[0] != pytest.approx(against[1], rel=1e-3)
+        checked.append(loss.item() == pytest.approx(against[0 if mode == "clean" else 1], rel=1e-5))
+        return loss, parts
+
+    monkeypatch.setattr(defense, "losses", spy)
+    defense.train(images, epochs=1, batch_size=4, lr=1e-3, optimizer="Adam", augment="invert", pseudo_labels=mode,
+                  log=lambda m: None)
+    assert checked == [True] * 3, f"{mode}: steps whose loss used the expected pseudo-labels: {checked}"
+
+
+def test_unknown_pseudo_label_mode_is_refused():
+    defense = REFINE(UNet(4), _tiny_classifier(), num_classes=4, seed=0)
+    with pytest.raises(UserError, match="unknown pseudo-label mode 'noisy'"):
+        defense.train(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), epochs=1, pseudo_labels="noisy", log=lambda m: None)
+
+
+def _refine_run(images, state_path, epochs, init_seed, fingerprint, evaluate=None):
+    torch.manual_seed(init_seed)
+    unet = UNet(4)  # built before _tiny_classifier reseeds: init_seed decides T's starting weights
+    defense = REFINE(unet, _tiny_classifier(), num_classes=4, seed=0)
+    defense.train(images, epochs=epochs, batch_size=16, lr=1e-3, optimizer="Adam", schedule="constant",
+                  state_path=state_path, fingerprint=fingerprint, evaluate=evaluate, eval_every=1, log=lambda m: None)
+    return defense.unet
+
+
+def test_refine_resumed_from_its_state_equals_an_uninterrupted_run(tmp_path, synthetic):
+    images = synthetic(40, size=16).images  # 3 steps per epoch, the last one smaller
+    settings = {"lr": 1e-3, "unet_channels": 4}
+    reference = _refine_run(images, tmp_path / "a.pth", 2, 0, settings)
+    _refine_run(images, tmp_path / "b.pth", 1, 0, settings)  # the same run, stopped after epoch 1
+    assert torch.load(tmp_path / "b.pth", weights_only=True)["epoch"] == 1
+    seen = []
+    # a fresh object whose T starts elsewhere: only the saved state (T, Adam's moments, the epoch) can make it equal
+    resumed = _refine_run(images, tmp_path / "b.pth", 2, 1, settings, evaluate=seen.append)
+    assert seen == [2], "the resumed run must go on with epoch 2 only"
+    torch.manual_seed(1)
+    assert not torch.equal(UNet(4).outc.weight, reference.outc.weight)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"resumed T differs from the uninterrupted one at {name}"
+
+    saved = (tmp_path / "b.pth").read_bytes()
+    with pytest.raises(UserError, match="other settings"):
+        _refine_run(images, tmp_path / "b.pth", 3, 0, {**settings, "lr": 2e-3})
+    assert (tmp_path / "b.pth").read_bytes() == saved  # the refused resume wrote nothing
+
+
+def _cxx_compiler():
+    """The C++ compiler torch.compile's CPU backend would use, or None where there is none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - InvalidCxxCompiler, or an older torch without this helper
+        return None
+
+
+def test_compiled_losses_match_eager():
+    if _cxx_compiler() is None:
+        pytest.skip("no C++ compiler: torch.compile cannot build CPU kernels here (REFINE falls back, tested below)")
     x = torch.rand(8, 3, 16, 16)
     defense = REFINE(UNet(4), _tiny_classifier(), num_classes=4, seed=0)
     eager, _ = defense.losses(x)
     compiled, _ = defense.losses(x, unet=torch.compile(defense.unet), model=torch.compile(defense.model))
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
+
+
+def test_training_falls_back_to_eager_when_compilation_fails(monkeypatch, synthetic):
+    defense = REFINE(UNet(4), _tiny_classifier(), num_classes=4, seed=0)
 
     def broken_compile(module):  # a machine without a working compiler fails at the first call
         def fail(*args):

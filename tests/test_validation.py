@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 
 from core.checkpoint import save_classifier
 from core.cli import main_guard
 from core.models import build_classifier
+from conftest import write_tree as _write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,15 +30,7 @@ SCRIPTS = {name: _load_script(name) for name in ("attack", "refine")}
 
 
 def write_tree(root: Path, per_class=4, size=32, classes=10):
-    """A tiny image-folder CIFAR10 (random pixels) under ``root``."""
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for c in range(classes):
-            folder = root / "CIFAR10" / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                img = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
-                cv2.imwrite(str(folder / f"{i}.png"), img)
+    _write_tree(root, per_class, size, classes)
 
 
 def snapshot(*roots: Path) -> dict:

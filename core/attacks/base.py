@@ -122,8 +122,12 @@ def load_trigger_image(path, size: int) -> torch.Tensor:
     if not path.is_file():
         raise UserError(f"trigger file {path} does not exist")
     if path.suffix in (".pth", ".pt"):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        t = blob["pattern"] if isinstance(blob, dict) else blob
+        from ..checkpoint import safe_load  # weights-only, and a UserError for pickled code or a damaged file
+
+        blob = safe_load(path)
+        t = blob.get("pattern") if isinstance(blob, dict) else blob
+        if not isinstance(t, torch.Tensor):
+            raise UserError(f"trigger file {path} holds no tensor (a tensor, or a dict with a 'pattern' tensor)")
         t = t.float() / 255 if t.dtype == torch.uint8 or t.max() > 1 else t.float()
         t = t.unsqueeze(0) if t.dim() == 2 else t
         if t.dim() == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
