@@ -45,7 +45,8 @@ def row(folder: Path) -> dict:
     attack = (metrics.get("attack") or {}).get("attack") or config.get("attack", "?")
     before = metrics.get("no_defense")
     after = metrics["final"]
-    data = str(metrics.get("data") or config.get("data") or "")
+    found = (_read_json(folder / "run.json").get("settings") or {}).get("data") or {}
+    data = str((found.get("train") or {}).get("kind") or metrics.get("data") or "")
     minutes = metrics.get("train_wall_seconds_total", metrics.get("train_wall_seconds_this_call"))
     return {
         "run": str(folder),

@@ -30,7 +30,7 @@ def test_mismatched_architecture_or_class_count_is_refused(tmp_path):
 def test_backdoorbox_raw_state_dict_loads_and_wrong_architecture_is_named(tmp_path):
     net = build_classifier("ResNet18", "CIFAR10", 10, width=16).net  # BackdoorBox parameter names
     torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "bb.pth")  # DataParallel-style
-    loaded, _ = load_classifier(tmp_path / "bb.pth", "ResNet18", "CIFAR10", 10)
+    loaded, _ = load_classifier(tmp_path / "bb.pth", "ResNet18", "CIFAR10", 10, normalization="none")
     assert loaded.spec["width"] == 16 and loaded.spec["normalization"] == "none"
     keys = set(loaded.net.state_dict())
     assert keys == set(net.state_dict())  # every BackdoorBox tensor, DataParallel prefix stripped, was loaded
@@ -40,7 +40,7 @@ def test_backdoorbox_raw_state_dict_loads_and_wrong_architecture_is_named(tmp_pa
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded.net(x), net.eval()(x))
     with pytest.raises(UserError, match="does not fit a ResNet34"):
-        load_classifier(tmp_path / "bb.pth", "ResNet34", "CIFAR10", 10)
+        load_classifier(tmp_path / "bb.pth", "ResNet34", "CIFAR10", 10, normalization="none")
 
 
 class Payload:

@@ -37,7 +37,7 @@ def test_unknown_option_in_a_preset_layer_is_named(tmp_path):
 
 @pytest.mark.parametrize("task, defaults, expected", [
     ("attack", ATTACK_DEFAULTS, {"epochs": 5}),
-    ("refine", REFINE_DEFAULTS, {"batch_size": 64, "lr": 0.002, "epochs": 4, "data_fraction": 0.85, "compile": False}),
+    ("refine", REFINE_DEFAULTS, {"batch_size": 64, "lr": 0.002, "epochs": 5, "data_fraction": 0.85, "compile": False}),
 ])
 def test_mini_preset_picks_its_sample_recipe_only_when_the_sample_is_the_data(tmp_path, task, defaults, expected):
     empty = tmp_path / "empty"

@@ -1,0 +1,32 @@
+"""Result tables are read from the runs' own files."""
+import json
+
+import yaml
+
+from core.summary import find_runs, format_table, row
+
+
+def fake_run(folder, final, no_defense=None, kind="embedded sample"):
+    folder.mkdir(parents=True)
+    metrics = {"final": final, "train_wall_seconds_this_call": 90.0, "attack": {"attack": "Blended"}}
+    if no_defense:
+        metrics["no_defense"] = no_defense
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"preset": "mini", "attack": "Blended"}))
+    (folder / "run.json").write_text(json.dumps({"settings": {"data": {"train": {"kind": kind}}}}))
+
+
+def test_rows_come_from_metrics_and_unfinished_runs_are_skipped(tmp_path):
+    fake_run(tmp_path / "attack" / "a", {"BA": 80.125, "ASR": 99.5})
+    fake_run(tmp_path / "refine" / "r", {"BA": 70.0, "ASR": 2.25}, no_defense={"BA": 80.125, "ASR": 99.5}, kind="full")
+    (tmp_path / "refine" / "unfinished").mkdir()
+    (tmp_path / "refine" / "unfinished" / "metrics.json").write_text(json.dumps({"evaluations": []}))
+    runs = find_runs([tmp_path / "attack", tmp_path / "refine"])
+    assert [r.name for r in runs] == ["a", "r"]
+    defense = row(runs[1])
+    assert (defense["kind"], defense["attack"], defense["data"]) == ("defense", "Blended", "full")
+    assert (defense["BA before"], defense["ASR before"], defense["BA"], defense["ASR"], defense["min"]) == (
+        "80.12", "99.50", "70.00", "2.25", "1.5")
+    assert row(runs[0])["data"] == "embedded sample" and row(runs[0])["kind"] == "attack"
+    table = format_table([row(r) for r in runs], markdown=True)
+    assert table.count("\n") == 3 and "| defense | Blended | mini | full | 80.12 | 99.50 | 70.00 | 2.25 |" in table
