@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -49,7 +50,7 @@ def row(folder: Path) -> dict:
     data = str((found.get("train") or {}).get("kind") or metrics.get("data") or "")
     minutes = metrics.get("train_wall_seconds_total", metrics.get("train_wall_seconds_this_call"))
     return {
-        "run": str(folder),
+        "run": os.path.relpath(folder),
         "kind": "defense" if before is not None else "attack",
         "attack": attack,
         "preset": config.get("preset") or "custom",

@@ -35,6 +35,15 @@ from .remap import LabelRemap, random_derangement
 DEFENDED_FORMAT = "refine-toolkit/defended-v1"
 
 
+def is_compile_failure(err: BaseException) -> bool:
+    """True for an error of torch.compile's tracer or code generator (classes of ``torch._dynamo`` and
+    ``torch._inductor``, e.g. no C++ compiler on the machine), after which eager mode can go on. Out of
+    memory and errors of the model itself are not: hiding them would hide a real problem."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
 class DefendedModel(nn.Module):
     """The deployable defense M∘F∘T: images in [0, 1], N×C×H×W -> logits N×K in the original label space."""
 
@@ -147,6 +156,13 @@ class REFINE:
         parts["agree"] = (remapped.argmax(1) == pseudo).float().mean().detach()
         return total, parts
 
+    def _backward(self, opt, x, pseudo, **modules) -> tuple[torch.Tensor, dict]:
+        """Loss of one batch and its gradients in T's parameters (``modules``: compiled T and F, if any)."""
+        loss, parts = self.losses(x, pseudo, **modules)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, parts
+
     def train(self, images: torch.Tensor, *, epochs: int = 150, batch_size: int = 256, lr: float = 0.01,
               optimizer: str = "SGD", momentum: float = 0.9, weight_decay: float = 5e-4,
               schedule: str = "multistep", milestones=(100, 130), gamma: float = 0.8, augment: str = "refine",
@@ -196,17 +212,17 @@ class REFINE:
                 pseudo = y if pseudo_labels == "clean" else None
                 # the last, smaller batch runs eagerly: a second compilation for its shape would cost more
                 if fast and len(x) == batch_size:
-                    try:
-                        loss, parts = self.losses(x, pseudo, **fast)
-                    except Exception as err:  # noqa: BLE001 - any compiler failure: train on without it
+                    try:  # forward and backward: the compiled backward graph is built at the first backward
+                        loss, parts = self._backward(opt, x, pseudo, **fast)
+                    except Exception as err:  # noqa: BLE001 - re-raised below unless the compiler failed
+                        if not is_compile_failure(err):
+                            raise
                         log(f"warning: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                             f"training continues without it")
                         fast = {}
-                        loss, parts = self.losses(x, pseudo)
+                        loss, parts = self._backward(opt, x, pseudo)
                 else:
-                    loss, parts = self.losses(x, pseudo)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                    loss, parts = self._backward(opt, x, pseudo)
                 opt.step()
                 guard.update(loss, step)
                 seen += len(x)
