@@ -55,7 +55,7 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
         for source in (flat, sections.get(name, {}) if isinstance(name, str) else {}):
             _check_known(source, defaults)
             config.update(source)
-    config["preset_section"] = _apply_data_section(config, given, layers, defaults)
+    config["recipe_note"] = _apply_data_section(config, given, layers, defaults)
     config.update(given)
     config["preset"] = getattr(args, "preset", None)
     return config
@@ -72,7 +72,8 @@ def _apply_data_section(config: dict, given: dict, layers: list[dict], defaults:
 
     A CPU preset sized for the full data set does not show the method on the smaller sample (the backdoor
     or the defense has too few images to learn from), so the preset carries its own recipe for the sample.
-    The section's ``note`` says why; the run logs it. Returns the note, or None when no section applies.
+    The section's ``note`` says why; the run logs it. Returns the note (or, when the section is not used,
+    a line saying why not), None for a preset without such a section.
     """
     sections = [layer[EMBEDDED_SECTION] for layer in layers if isinstance(layer.get(EMBEDDED_SECTION), dict)]
     if not sections:
@@ -80,7 +81,8 @@ def _apply_data_section(config: dict, given: dict, layers: list[dict], defaults:
     merged = {**config, **given}
     if not will_use_embedded_sample(str(merged["dataset"]), merged["data_root"],
                                     bool(merged.get("allow_embedded")) and not merged.get("download")):
-        return None
+        return (f"the preset as written: {merged['dataset']} data was found (or --download fetches it), so its "
+                f"{EMBEDDED_SECTION} section, meant for the small embedded sample, is not used")
     notes = []
     for section in sections:
         section = dict(section)

@@ -97,8 +97,8 @@ def run_attack(config: dict) -> dict:
     run.write_config(config)
     run.log(f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} (width {config['width']}), "
             f"device {device}, output {folder}")
-    if config.get("preset_section"):
-        run.log(f"recipe: {config['preset_section']}")
+    if config.get("recipe_note"):
+        run.log(f"recipe: {config['recipe_note']}")
     for note in notes:
         run.log(note)
     attack.save_trigger(folder)

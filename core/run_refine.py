@@ -140,8 +140,8 @@ def run_refine(config: dict) -> dict:
     run.write_config(config)
     run.log(f"refine.py: defending {model_path} ({classifier.spec['model']} width {classifier.spec['width']}) "
             f"on {config['dataset']}, device {device}, output {folder}")
-    if config.get("preset_section"):
-        run.log(f"recipe: {config['preset_section']}")
+    if config.get("recipe_note"):
+        run.log(f"recipe: {config['recipe_note']}")
     for note in notes:
         run.log(note)
     run.log(f"normalization inside the model: {config['normalization']} (mean {config['mean']}, std {config['std']})")

@@ -31,7 +31,7 @@ from .errors import UserError
 # Options that only say where things are read from or written to, or how progress is reported: they
 # never change what a run computes, so they are left out of its settings hash. Every other option is in.
 IO_KEYS = frozenset({"out", "device", "eval_every", "eval_batch_size", "fresh", "data_root", "allow_embedded",
-                     "download", "preset", "preset_section", "run_name", "attack_dir"})
+                     "download", "preset", "recipe_note", "run_name", "attack_dir"})
 # Options that name an input file: the settings hold the file's content hash, not its path, so that a
 # moved file is the same run and another file under the same name is not.
 FILE_KEYS = frozenset({"trigger", "model_path"})

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
-python -m pytest -q tests "$@"
+# no __pycache__ or .pytest_cache (pytest.ini) in the checkout: the suite leaves it as it found it
+PYTHONDONTWRITEBYTECODE=1 python -m pytest -q tests "$@"

@@ -44,16 +44,18 @@ def test_mini_preset_picks_its_sample_recipe_only_when_the_sample_is_the_data(tm
     empty.mkdir()
     on_sample = resolve(task, defaults, args(preset="mini", data_root=str(empty)))
     assert {k: on_sample[k] for k in expected} == expected
-    assert "embedded sample" in on_sample["preset_section"]
+    assert "embedded sample is used" in on_sample["recipe_note"]
 
     full = tmp_path / "full"
     make_cifar_tree(full)
     on_full = resolve(task, defaults, args(preset="mini", data_root=str(full)))
-    assert on_full["preset_section"] is None
+    assert "section, meant for the small embedded sample, is not used" in on_full["recipe_note"]
     assert any(on_full[k] != v for k, v in expected.items())
 
     downloading = resolve(task, defaults, args(preset="mini", data_root=str(empty), download=True))
-    assert downloading["preset_section"] is None  # --download brings the full data set
+    assert "is not used" in downloading["recipe_note"]  # --download brings the full data set
 
     typed = resolve(task, defaults, args(preset="mini", data_root=str(empty), epochs=1))
     assert typed["epochs"] == 1  # a typed flag beats the section too
+
+    assert resolve(task, defaults, args(preset="paper", data_root=str(empty)))["recipe_note"] is None
