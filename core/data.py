@@ -14,7 +14,6 @@ How to get each data set: docs/data.md.
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tarfile

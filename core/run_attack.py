@@ -13,8 +13,8 @@ from .metrics import ba_asr, default_eval_batch_size
 from .download import ensure_data
 from .models import build_classifier, resolve_normalization
 from .errors import DivergedError
-from .runlog import (RunLog, check_run_folder, describe_split, format_metrics, point_latest, read_metrics, run_name,
-                     run_settings, write_run_record)
+from .runlog import (check_run_folder, describe_split, format_metrics, point_latest, read_metrics, run_name,
+                     run_settings, start_run, write_run_record)
 from .train import EpochState, resolve_device, train_classifier
 from .validate import validate
 
@@ -87,20 +87,9 @@ def run_attack(config: dict) -> dict:
         EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
 
     # -- every check passed: from here on the run writes into its folder ------------------------------
-    run = RunLog(folder)
-    if status == "fresh":
-        for name in ("train_state.pth", "model.pth"):
-            (folder / name).unlink(missing_ok=True)
-        run.discard_metrics()
-        run.log("--fresh: the unfinished run in this folder is discarded")
-    write_run_record(folder, settings)
-    run.write_config(config)
-    run.log(f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} (width {config['width']}), "
-            f"device {device}, output {folder}")
-    if config.get("recipe_note"):
-        run.log(f"recipe: {config['recipe_note']}")
-    for note in notes:
-        run.log(note)
+    run = start_run(folder, status, settings, config, notes, discard=("train_state.pth", "model.pth"),
+                    header=f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} "
+                           f"(width {config['width']}), device {device}, output {folder}")
     attack.save_trigger(folder)
     atomic_save(poisoned_idx, folder / "poisoned_indices.pth")
     run.log(f"poisoned {len(poisoned_idx)} of {len(train)} training images "

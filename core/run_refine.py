@@ -16,8 +16,8 @@ from .download import ensure_data
 from .errors import DivergedError, UserError
 from .metrics import ba_asr, default_eval_batch_size
 from .models import UNet
-from .runlog import (RunLog, atomic_text, check_run_folder, describe_split, format_metrics, point_latest,
-                     read_latest, read_metrics, run_name, run_settings, write_run_record)
+from .runlog import (atomic_text, check_run_folder, describe_split, format_metrics, point_latest, read_latest,
+                     read_metrics, run_name, run_settings, start_run, write_run_record)
 from .train import EpochState, resolve_device
 from .validate import validate
 
@@ -130,20 +130,10 @@ def run_refine(config: dict) -> dict:
         EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
 
     # -- every check passed: from here on the run writes into its folder ------------------------------
-    run = RunLog(folder)
-    if status == "fresh":
-        for name in ("train_state.pth", "unet.pth", "defended_model.pth"):
-            (folder / name).unlink(missing_ok=True)
-        run.discard_metrics()
-        run.log("--fresh: the unfinished run in this folder is discarded")
-    write_run_record(folder, settings)
-    run.write_config(config)
-    run.log(f"refine.py: defending {model_path} ({classifier.spec['model']} width {classifier.spec['width']}) "
-            f"on {config['dataset']}, device {device}, output {folder}")
-    if config.get("recipe_note"):
-        run.log(f"recipe: {config['recipe_note']}")
-    for note in notes:
-        run.log(note)
+    run = start_run(folder, status, settings, config, notes,
+                    discard=("train_state.pth", "unet.pth", "defended_model.pth"),
+                    header=f"refine.py: defending {model_path} ({classifier.spec['model']} width "
+                           f"{classifier.spec['width']}) on {config['dataset']}, device {device}, output {folder}")
     run.log(f"normalization inside the model: {config['normalization']} (mean {config['mean']}, std {config['std']})")
     run.log(f"data: {train.source}; {len(unlabeled)} unlabeled images for the defense")
     run.log(f"data: {test.source}; {len(test)} test images")

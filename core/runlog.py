@@ -220,3 +220,26 @@ def format_metrics(m: dict) -> str:
     if "ASR" in m:
         parts.append(f"ASR {m['ASR']:.2f}% ({m['ASR_hits']}/{m['ASR_total']})")
     return "  ".join(parts)
+
+
+def start_run(folder: Path, status: str, settings: dict, config: dict, notes: list[str], discard=(),
+              header: str = "") -> "RunLog":
+    """Opens a run folder that :func:`check_run_folder` accepted, once every check has passed: with
+    ``status`` 'fresh' deletes the unfinished run's ``discard`` files and metrics, writes ``run.json`` and
+    ``config.yaml``, then logs ``header``, the recipe the preset picked and the ``notes`` gathered before
+    the folder existed. Returns the folder's :class:`RunLog`."""
+    run = RunLog(folder)
+    if status == "fresh":
+        for name in discard:
+            (Path(folder) / name).unlink(missing_ok=True)
+        run.discard_metrics()
+        run.log("--fresh: the unfinished run in this folder is discarded")
+    write_run_record(folder, settings)
+    run.write_config(config)
+    if header:
+        run.log(header)
+    if config.get("recipe_note"):
+        run.log(f"recipe: {config['recipe_note']}")
+    for note in notes:
+        run.log(note)
+    return run
