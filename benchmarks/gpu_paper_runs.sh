@@ -23,7 +23,7 @@ else
   ATTACK_SIZE="--eval-every 10"
   REFINE_SIZE="--eval-every 5"
 fi
-MODEL="$RUN_ROOT/attack/CIFAR10/ResNet18/BadNets/model.pth"
+MODEL="$RUN_ROOT/attack/CIFAR10/ResNet18/BadNets/latest/model.pth"  # the finished run (attack.py points latest at it)
 
 {
   date -u; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU"
