@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .errors import UserError
-from .models import Classifier, build_classifier, dataset_kind
+from .models import NORMALIZATION_HELP, Classifier, build_classifier, dataset_kind, resolve_normalization
 
 FORMAT = "refine-toolkit/classifier-v1"
 
@@ -146,11 +146,7 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
     ``normalization`` (a name) or ``mean``/``std`` apply to a raw state_dict; a checkpoint of this toolkit
     records its own. ``log`` receives warnings (default: ``warnings.warn``).
     """
-    from .models import NORMALIZATION_HELP, resolve_normalization
-
     if log is None:
-        import warnings
-
         log = lambda message: warnings.warn(message, stacklevel=3)  # noqa: E731
     requested = resolve_normalization(normalization, mean, std) if normalization or mean is not None else None
     blob = safe_load(path)

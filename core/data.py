@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import atomic_save
 from .errors import UserError
 from .seeding import generator
 
@@ -161,9 +162,13 @@ def find_source(dataset: str, data_root: str | os.PathLike) -> tuple[str, Path]:
     )
 
 
+def _embedded_allowed(dataset: str, allow_embedded: bool) -> bool:
+    return allow_embedded and dataset == "CIFAR10" and EMBEDDED_SAMPLE.is_file()
+
+
 def will_use_embedded_sample(dataset: str, data_root, allow_embedded: bool) -> bool:
     """True when :func:`load_split` would fall back to the embedded sample (nothing is read but file names)."""
-    if not (allow_embedded and dataset == "CIFAR10" and EMBEDDED_SAMPLE.is_file()):
+    if not _embedded_allowed(dataset, allow_embedded):
         return False
     try:
         find_source(dataset, data_root)
@@ -183,7 +188,7 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
     try:
         kind, path = find_source(dataset, data_root)
     except UserError:
-        if not (allow_embedded and dataset == "CIFAR10" and EMBEDDED_SAMPLE.is_file()):
+        if not _embedded_allowed(dataset, allow_embedded):
             raise
         kind, path = "tarball", EMBEDDED_SAMPLE
     if kind == "folder":
@@ -194,8 +199,6 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
         else:
             images, labels, classes = _read_folder_tree(path / split, size)
             try:
-                from .checkpoint import atomic_save
-
                 atomic_save({"images": images, "labels": labels, "classes": list(classes)}, cache)
             except OSError:
                 pass  # read-only data folder: no cache, still correct

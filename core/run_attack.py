@@ -13,8 +13,8 @@ from .metrics import ba_asr, default_eval_batch_size
 from .download import ensure_data
 from .models import build_classifier, resolve_normalization
 from .errors import DivergedError
-from .runlog import (check_run_folder, describe_split, format_metrics, point_latest, read_metrics, run_name,
-                     run_settings, start_run, write_run_record)
+from .runlog import (check_run_folder, describe_split, finish_run, format_metrics, report_finished, run_name,
+                     run_settings, start_run)
 from .train import EpochState, resolve_device, train_classifier
 from .validate import validate
 
@@ -78,11 +78,7 @@ def run_attack(config: dict) -> dict:
     state_path = folder / "train_state.pth"
     status = check_run_folder(folder, settings, "model.pth", config["fresh"])
     if status == "finished":
-        final = read_metrics(folder).get("final", {})
-        point_latest(folder.parent, folder.name)
-        print(f"already finished: {folder} ({format_metrics(final) if final else 'see metrics.json'}); nothing to "
-              f"train (--fresh discards unfinished runs only; delete the folder to train it again)")
-        return final
+        return report_finished(folder).get("final", {})
     if status == "resume":
         EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
 
@@ -119,8 +115,7 @@ def run_attack(config: dict) -> dict:
                     data=train.source, final_metrics=final)
     wall = time.time() - started
     run.update_metrics(final=final, attack=attack.config(), data=train.source, train_wall_seconds_this_call=round(wall, 1))
-    write_run_record(folder, settings, finished=True)
-    point_latest(folder.parent, folder.name)
+    finish_run(folder, settings)
     run.log(f"done in {wall / 60:.1f} min: {format_metrics(final)}; model at {folder / 'model.pth'}")
     if final.get("ASR", 100.0) < 50:
         run.log(f"warning: ASR is only {final['ASR']:.2f}%: the backdoor did not take, so a defense has nothing to "

@@ -16,8 +16,8 @@ from .download import ensure_data
 from .errors import DivergedError, UserError
 from .metrics import ba_asr, default_eval_batch_size
 from .models import UNet
-from .runlog import (atomic_text, check_run_folder, describe_split, format_metrics, point_latest, read_latest,
-                     read_metrics, run_name, run_settings, start_run, write_run_record)
+from .runlog import (atomic_text, check_run_folder, describe_split, finish_run, format_metrics, read_latest,
+                     report_finished, run_name, run_settings, start_run)
 from .train import EpochState, resolve_device
 from .validate import validate
 
@@ -120,12 +120,8 @@ def run_refine(config: dict) -> dict:
     state_path = folder / "train_state.pth"
     status = check_run_folder(folder, settings, "defended_model.pth", config["fresh"])
     if status == "finished":
-        metrics = read_metrics(folder)
-        final = metrics.get("final", {})
-        point_latest(folder.parent, folder.name)
-        print(f"already finished: {folder} ({'REFINE ' + format_metrics(final) if final else 'see metrics.json'}); "
-              f"nothing to train (--fresh discards unfinished runs only; delete the folder to train it again)")
-        return {"no_defense": metrics.get("no_defense"), "refine": final}
+        metrics = report_finished(folder, label="REFINE ")
+        return {"no_defense": metrics.get("no_defense"), "refine": metrics.get("final", {})}
     if status == "resume":
         EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
 
@@ -178,8 +174,7 @@ def run_refine(config: dict) -> dict:
                   attack=attack_config, source_model=str(model_path), final_metrics=final)
     wall = time.time() - started
     run.update_metrics(final=final, train_wall_seconds_this_call=round(wall, 1))
-    write_run_record(folder, settings, finished=True)
-    point_latest(folder.parent, folder.name)
+    finish_run(folder, settings)
     run.log(f"done in {wall / 60:.1f} min: no defense {format_metrics(original)} -> REFINE {format_metrics(final)}; "
             f"defended model at {folder / 'defended_model.pth'}")
     return {"no_defense": original, "refine": final}

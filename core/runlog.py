@@ -145,6 +145,23 @@ def write_run_record(folder, settings: dict, finished: bool = False) -> None:
     atomic_text(Path(folder) / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def report_finished(folder: Path, label: str = "") -> dict:
+    """A rerun of a finished run: points ``latest`` at it again, prints its result (``label`` before the
+    BA/ASR) and returns its metrics; nothing is trained or written."""
+    metrics = read_metrics(folder)
+    final = metrics.get("final", {})
+    point_latest(folder.parent, folder.name)
+    print(f"already finished: {folder} ({label + format_metrics(final) if final else 'see metrics.json'}); nothing "
+          f"to train (--fresh discards unfinished runs only; delete the folder to train it again)")
+    return metrics
+
+
+def finish_run(folder: Path, settings: dict) -> None:
+    """Marks a run finished (its product is saved) and points ``latest`` at it."""
+    write_run_record(folder, settings, finished=True)
+    point_latest(folder.parent, folder.name)
+
+
 def point_latest(parent, name: str) -> None:
     """Points ``parent/latest`` at the run folder ``parent/name``: a relative symlink replaced atomically,
     or ``parent/latest.txt`` holding the name where the file system has no symlinks."""
