@@ -9,8 +9,8 @@ config.yaml, run.json, metrics.json, log.txt. attack/<DATASET>/<MODEL>/<ATTACK>/
 finished last (refine.py defends that one). Run the same command again to resume an interrupted run; a
 finished one is reported, not retrained.
 """
-from core.attacks import ATTACKS
-from core.cli import int_list, main_guard, new_parser, str2bool
+from core.attacks import ALIASES, ATTACKS, all_settings
+from core.cli import add_settings, int_list, main_guard, new_parser, str2bool
 from core.config import resolve
 from core.data import DATASETS
 from core.models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
@@ -21,13 +21,16 @@ def parse_args(argv=None):
     p = new_parser(__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=list(DATASETS))
     p.add_argument("--model", choices=MODEL_NAMES)
-    p.add_argument("--attack", help=f"one of {', '.join(ATTACKS)}")
+    p.add_argument("--attack", help=f"one of {', '.join(ATTACKS)} (also {', '.join(ALIASES)})")
     p.add_argument("--preset", help="YAML preset in configs/attack/ (paper [default], mini)")
     p.add_argument("--config", help="YAML file of options, applied after the preset")
     p.add_argument("--tlabel", "--y-target", dest="y_target", type=int, help="target label (default 0)")
-    p.add_argument("--poisoned-rate", "--poisoned_rate", dest="poisoned_rate", type=float)
-    p.add_argument("--trigger", help="trigger file (.pth tensor or image) instead of the generated one")
-    p.add_argument("--alpha", type=float, help="Blended: blend ratio (default 0.1)")
+    p.add_argument("--poisoned-rate", "--poisoned_rate", dest="poisoned_rate", type=float,
+                   help="share of the training set relabelled (default: the attack's, 0.1; LC: share of the target "
+                        "class, 0.25; Adaptive: 0.01)")
+    p.add_argument("--trigger", help="BadNets, Blended, Physical, LC: trigger file (.pth tensor or image) instead of "
+                                     "the generated one")
+    add_settings(p, all_settings())
     p.add_argument("--width", type=int, help="channel width of CIFAR models (64 = standard)")
     p.add_argument("--normalization", choices=list(NORMALIZATIONS),
                    help=f"input normalization inside the model (default cifar10); {NORMALIZATION_HELP}")
@@ -42,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--milestones", type=int_list, help="multistep epochs, e.g. '100,130'")
     p.add_argument("--gamma", type=float, help="multistep factor")
     p.add_argument("--label-smoothing", dest="label_smoothing", type=float)
-    p.add_argument("--augment", choices=["crop_flip", "flip", "none"], help="training augmentation (crop_flip)")
+    p.add_argument("--augment", choices=["crop_flip", "flip", "none"], help="training augmentation (flip, the authors' choice for backdoored models)")
     p.add_argument("--train-size", dest="train_size", type=int, help="class-balanced training subset")
     p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
     p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")

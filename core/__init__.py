@@ -1,7 +1,7 @@
 """REFINE toolkit: backdoor attacks and the REFINE defense (Chen et al., ICLR 2025).
 
     import core
-    attack = core.BadNets(y_target=0, poisoned_rate=0.1)
+    attack = core.BadNets(y_target=0, poisoned_rate=0.1)      # or WaNet, PhysicalBA, BATT, LabelConsistent, ...
     defense = core.REFINE(unet=core.UNet(64), model=classifier, num_classes=10)
 """
 import torch
@@ -11,7 +11,8 @@ import torch
 # training; it must happen before PyTorch starts its worker threads, which copy the setting.
 torch.set_flush_denormal(True)
 
-from .attacks import ATTACKS, BadNets, Benign, Blended, build_attack
+from .attacks import (ATTACKS, BATT, AdaptivePatch, BadNets, Benign, Blended, LabelConsistent, PhysicalBA, WaNet,
+                      build_attack, restore_attack)
 from .checkpoint import load_classifier, save_classifier
 from .data import load_split
 from .defenses import REFINE, DefendedModel, load_defended
@@ -19,6 +20,6 @@ from .errors import UserError
 from .metrics import ba_asr
 from .models import Classifier, UNet, build_classifier
 
-__all__ = ["ATTACKS", "BadNets", "Benign", "Blended", "Classifier", "DefendedModel", "REFINE", "UNet", "UserError",
-           "ba_asr", "build_attack", "build_classifier", "load_classifier", "load_defended", "load_split",
-           "save_classifier"]
+__all__ = ["ATTACKS", "AdaptivePatch", "BATT", "BadNets", "Benign", "Blended", "Classifier", "DefendedModel",
+           "LabelConsistent", "PhysicalBA", "REFINE", "UNet", "UserError", "WaNet", "ba_asr", "build_attack",
+           "build_classifier", "load_classifier", "load_defended", "load_split", "restore_attack", "save_classifier"]

@@ -62,3 +62,27 @@ AUGMENTATIONS = {
     "refine": lambda x, generator=None: random_grayscale(random_resized_crop_flip(x, generator=generator),
                                                          generator=generator),  # REFINE's UNet training
 }
+
+
+def affine(x: torch.Tensor, degrees, scale=None, translate=None, mode: str = "bilinear") -> torch.Tensor:
+    """Rotates (counter-clockwise, degrees), scales and shifts each image about its centre; uncovered pixels are 0.
+
+    ``degrees``: a number or a tensor N; ``scale``: tensor N (1 = same size); ``translate``: tensor N×2, the shift
+    (right, down) as a fraction of the side (torchvision ``RandomAffine``'s convention). One ``grid_sample`` per batch.
+    """
+    n = x.shape[0]
+    angle = torch.as_tensor(degrees, dtype=x.dtype, device=x.device).expand(n) * (torch.pi / 180)
+    scale = torch.ones(n, device=x.device, dtype=x.dtype) if scale is None else scale.to(x)
+    shift = torch.zeros(n, 2, device=x.device, dtype=x.dtype) if translate is None else 2 * translate.to(x)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # the grid maps each output pixel back to its source: inverse rotation and scale of (output - shift);
+    # image rows grow downwards, so a counter-clockwise turn on screen is a clockwise one in grid coordinates
+    theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    offset = -(theta @ shift.unsqueeze(2))
+    grid = F.affine_grid(torch.cat([theta, offset], 2), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def uniform(n: int, low: float, high: float, x: torch.Tensor, generator=None) -> torch.Tensor:
+    """``n`` draws from U(low, high) on ``x``'s device and dtype."""
+    return low + (high - low) * _rand(n, x, generator).to(x.dtype)

@@ -34,3 +34,15 @@ def main_guard(fn):
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last saved epoch", file=sys.stderr)
         sys.exit(130)
+
+
+def add_settings(parser: argparse.ArgumentParser, settings: dict) -> None:
+    """One flag per declared setting (``core.attacks.all_settings()``): ``--<key with dashes>``, parsed by the
+    setting's ``kind`` or its default's type (true/false for booleans, a comma list for lists)."""
+    for key, (setting, owners) in settings.items():
+        default = setting.default
+        kind = setting.kind or (str2bool if isinstance(default, bool) else int if isinstance(default, int)
+                                else float if isinstance(default, float) else str)
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        help_text = setting.help + (f" (default {shown})" if default is not None else "")
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=help_text)

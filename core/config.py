@@ -37,9 +37,12 @@ def preset_path(task: str, name: str) -> Path:
 def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     """Merges the layers. ``args`` holds only the flags the user typed (argparse.SUPPRESS defaults).
 
-    A preset may hold per-dataset sections (``CIFAR10: {...}``), applied after its common keys. Values are
-    not checked here: :func:`core.validate.validate` checks the merged result, whichever layer set them.
+    A preset may hold per-dataset sections (``CIFAR10: {...}``) and per-attack sections (``WaNet: {...}``,
+    for an attack that needs its own recipe), applied in that order after its common keys. Values are not
+    checked here: :func:`core.validate.validate` checks the merged result, whichever layer set them.
     """
+    from .attacks import canonical_name
+
     given = {k: v for k, v in vars(args).items() if k not in ("preset", "config")}
     config = dict(defaults)
     layers = []
@@ -52,7 +55,9 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
         sections = {k: v for k, v in layer.items() if isinstance(v, dict)}
         flat = {k: v for k, v in layer.items() if not isinstance(v, dict)}
         name = given.get("dataset", flat.get("dataset", dataset))
-        for source in (flat, sections.get(name, {}) if isinstance(name, str) else {}):
+        attack = canonical_name(given.get("attack", flat.get("attack", config.get("attack"))))
+        for source in (flat, sections.get(name, {}) if isinstance(name, str) else {},
+                       sections.get(attack, {}) if attack else {}):
             _check_known(source, defaults)
             config.update(source)
     config["recipe_note"] = _apply_data_section(config, given, layers, defaults)

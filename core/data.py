@@ -248,18 +248,16 @@ def memory_format(device) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
 
 
-def iterate_batches(images, labels, batch_size, device, shuffle=False, generator=None, drop_last=False):
+def iterate_batches(images, labels, batch_size, device, shuffle=False, generator=None, drop_last=False, extra=None):
     """Yields ``(x, y)`` with x float in [0, 1] on ``device``. Every sample is used unless ``drop_last``.
 
-    ``images`` may already live on ``device`` (then nothing is copied but the batch slice).
+    ``images`` may already live on ``device`` (then nothing is copied but the batch slice). ``extra``: a
+    per-sample tensor (e.g. attack roles) batched alongside; then ``(x, y, extra)`` is yielded.
     """
     n = len(labels)
     order = torch.randperm(n, generator=generator).to(images.device) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        if order is None:
-            xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
-        else:
-            idx = order[start:start + batch_size]
-            xb, yb = images[idx], labels[idx]
-        yield to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
+        idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        batch = (to_float(images[idx].to(device, non_blocking=True)), labels[idx].to(device, non_blocking=True))
+        yield batch if extra is None else (*batch, extra[idx].to(device, non_blocking=True))

@@ -6,24 +6,28 @@ from pathlib import Path
 
 import torch
 
-from .attacks import build_attack
-from .checkpoint import atomic_save, save_classifier
+from .attacks import all_settings, attack_class, build_attack
+from .checkpoint import atomic_save, load_classifier, save_classifier
 from .data import dataset_info, evaluation_subset, load_split, seeded_subset
 from .metrics import ba_asr, default_eval_batch_size
 from .download import ensure_data
 from .models import build_classifier, resolve_normalization
-from .errors import DivergedError
-from .runlog import (check_run_folder, describe_split, finish_run, format_metrics, report_finished, run_name,
-                     run_settings, start_run)
+from .errors import DivergedError, UserError
+from .runlog import (check_run_folder, describe_split, finish_run, format_metrics, read_latest, report_finished,
+                     run_name, run_settings, start_run, tensors_sha256)
 from .train import EpochState, resolve_device, train_classifier
-from .validate import validate
+from .validate import flag, validate
 
-# The paper's settings (Appendix C): the defaults of attack.py when no preset or flag says otherwise.
+# The paper's settings (Appendix C and the authors' code): the defaults of attack.py when no preset or flag
+# says otherwise. The authors train every backdoored model with horizontal flips only (no random crop).
+# poisoned_rate None: the attack's own default (10 %; LC 25 % of the target class; Adaptive 1 %). Each
+# attack's own settings (core/attacks/*.py, e.g. alpha, wanet_k) join these with None = the attack's default.
 DEFAULTS = {
     "dataset": "CIFAR10", "model": "ResNet18", "attack": "BadNets", "width": 64, "normalization": "cifar10",
-    "y_target": 0, "poisoned_rate": 0.1, "trigger": None, "alpha": 0.1,
+    "y_target": 0, "poisoned_rate": None, "trigger": None,
+    **{key: None for key in all_settings()},
     "epochs": 150, "batch_size": 128, "lr": 0.1, "optimizer": "SGD", "momentum": 0.9, "weight_decay": 5e-4,
-    "schedule": "multistep", "milestones": [100, 130], "gamma": 0.1, "label_smoothing": 0.0, "augment": "crop_flip",
+    "schedule": "multistep", "milestones": [100, 130], "gamma": 0.1, "label_smoothing": 0.0, "augment": "flip",
     "train_size": None, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "attack", "device": "auto", "amp": True, "seed": 0,
     "eval_every": 10, "eval_batch_size": None, "fresh": False,
@@ -49,6 +53,36 @@ def load_data(config: dict, log):
     return train, test
 
 
+def attack_settings(config: dict) -> dict:
+    """The config with the attack's canonical name and only its own settings: another attack's setting that is
+    set (``--alpha`` with WaNet) is refused; an LC run gets the path of its clean model."""
+    cls = attack_class(config["attack"])
+    config = {**config, "attack": cls.name}
+    for key, (_, owners) in all_settings().items():
+        if key not in cls.settings:
+            if config.get(key) is not None:
+                raise UserError(f"{flag(key)} is a setting of {', '.join(owners)}, not of {cls.name}")
+            config.pop(key, None)
+    if "benign_model" in cls.settings and not config.get("benign_model"):
+        benign = attack_root({**config, "attack": "Benign"})
+        latest = read_latest(benign)
+        if latest is None or not (latest / "model.pth").is_file():
+            preset = f" --preset {config['preset']}" if config.get("preset") else ""
+            raise UserError(f"{cls.name} needs a clean model of {config['dataset']}/{config['model']} and none was "
+                            f"found at {benign / 'latest' / 'model.pth'}: run `python attack.py --dataset "
+                            f"{config['dataset']} --model {config['model']} --attack Benign{preset}` first, or pass "
+                            f"--benign-model PATH")
+        config["benign_model"] = str((latest / "model.pth").resolve())
+    return config
+
+
+def clean_model_for(config: dict, num_classes: int, device, log) -> dict:
+    """LC's clean model (loaded weights-only, checked against the run's architecture) and its PGD cache."""
+    model, _ = load_classifier(config["benign_model"], config["model"], config["dataset"], num_classes, log=log)
+    log(f"clean model for {config['attack']}: {config['benign_model']}")
+    return {"clean_model": model.to(device), "cache_dir": attack_root(config) / "pgd_cache", "device": device}
+
+
 def run_attack(config: dict) -> dict:
     """Trains a (backdoored or benign) classifier as ``config`` says; returns the final metrics.
 
@@ -63,17 +97,20 @@ def run_attack(config: dict) -> dict:
               "data_root": str(Path(config["data_root"]).expanduser().resolve()),
               "out": str(Path(config["out"]).expanduser().resolve())}
     notes = []  # log lines from before the run folder exists
+    config = attack_settings(config)
     ensure_data(config, notes.append)
+    extra = clean_model_for(config, num_classes, device, notes.append) if config.get("benign_model") else {}
     attack = build_attack(config["attack"], y_target=config["y_target"], poisoned_rate=config["poisoned_rate"],
                           seed=config["seed"], image_size=image_size, trigger_path=config["trigger"],
-                          **({"alpha": config["alpha"]} if config["attack"] == "Blended" else {}))
+                          **{k: config[k] for k in attack_class(config["attack"]).settings}, **extra)
+    config.update({k: v for k, v in attack.config().items() if k in config})  # the values used (e.g. wanet_k)
     torch.manual_seed(config["seed"])
     model = build_classifier(config["model"], config["dataset"], num_classes, config["width"], config["normalization"],
                              config["mean"], config["std"])
     train, test = load_data(config, notes.append)
-    poisoned_train, poisoned_idx = attack.poison_train(train)
-    poisoned_test = attack.poison_test(test) if attack.poisons_data else None
-    settings = run_settings(config, data={"train": describe_split(train), "test": describe_split(test)})
+    attack.plan(train.labels)  # an impossible plan (rate too high for the candidates) is refused now
+    settings = run_settings(config, data={"train": describe_split(train), "test": describe_split(test)},
+                            trigger_sha256=tensors_sha256(attack.trigger_tensors()))
     folder = attack_root(config) / run_name(config, settings)
     state_path = folder / "train_state.pth"
     status = check_run_folder(folder, settings, "model.pth", config["fresh"])
@@ -81,15 +118,20 @@ def run_attack(config: dict) -> dict:
         return report_finished(folder).get("final", {})
     if status == "resume":
         EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
+    poisoned_train, plan = attack.poison_train(train)  # LC runs (or reuses) its PGD here
+    poisoned_test = attack.poison_test(test) if attack.poisons_data else None
 
     # -- every check passed: from here on the run writes into its folder ------------------------------
     run = start_run(folder, status, settings, config, notes, discard=("train_state.pth", "model.pth"),
                     header=f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} "
                            f"(width {config['width']}), device {device}, output {folder}")
     attack.save_trigger(folder)
-    atomic_save(poisoned_idx, folder / "poisoned_indices.pth")
-    run.log(f"poisoned {len(poisoned_idx)} of {len(train)} training images "
-            f"(rate {config['poisoned_rate'] if attack.poisons_data else 0}, target {attack.y_target})")
+    if attack.poisons_data:
+        attack.save_preview(test, folder / "preview.png")
+    atomic_save({"payload": plan.payload, "cover": plan.cover}, folder / "poisoned_indices.pth")
+    cover = f" and {len(plan.cover)} cover samples (trigger, true label)" if len(plan.cover) else ""
+    run.log(f"poisoned {len(plan.payload)} of {len(train)} training images{cover} "
+            f"(rate {attack.poisoned_rate}, target {attack.y_target})")
     started = time.time()
 
     def evaluate(epoch: int) -> dict:
@@ -105,14 +147,15 @@ def run_attack(config: dict) -> dict:
                          milestones=config["milestones"], gamma=config["gamma"],
                          label_smoothing=config["label_smoothing"], augment=config["augment"], device=device,
                          amp=config["amp"], seed=config["seed"], state_path=state_path, fingerprint=settings,
-                         evaluate=evaluate, eval_every=config["eval_every"], log=run.log)
+                         evaluate=evaluate, eval_every=config["eval_every"], log=run.log,
+                         roles=plan.roles(len(train)), batch_hook=attack.train_hook if attack.has_train_hook else None)
     except DivergedError as exc:
         run.log(f"stopped: {exc}; no model saved, the last good epoch stays resumable", echo=False)
         raise
     done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]
     final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(config["epochs"])
-    save_classifier(folder / "model.pth", model.cpu(), attack=attack.config(), dataset=config["dataset"],
-                    data=train.source, final_metrics=final)
+    save_classifier(folder / "model.pth", model.cpu(), attack=attack.config(), trigger=attack.trigger_tensors(),
+                    dataset=config["dataset"], data=train.source, final_metrics=final)
     wall = time.time() - started
     run.update_metrics(final=final, attack=attack.config(), data=train.source, train_wall_seconds_this_call=round(wall, 1))
     finish_run(folder, settings)

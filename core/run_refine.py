@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .attacks import build_attack
+from .attacks import attack_class, canonical_name, restore_attack
 from .checkpoint import atomic_save, load_classifier
 from .config import read_yaml
 from .data import dataset_info, evaluation_subset, load_split, seeded_subset
@@ -58,27 +58,33 @@ def target_model_path(config: dict) -> Path:
 
 
 def load_target_model(config: dict, num_classes: int, log=None):
-    """The model to defend, and the attack config it was trained with (None for a third-party checkpoint)."""
+    """The model to defend, its checkpoint's meta data (``attack``: the attack config it was trained with,
+    ``trigger``: the trigger tensors; both absent for a third-party checkpoint) and its path."""
     path = target_model_path(config)
     classifier, meta = load_classifier(path, config["model"], config["dataset"], num_classes, config["normalization"],
                                        config.get("mean"), config.get("std"), log=log)
-    return classifier, meta.get("attack"), path
+    return classifier, meta, path
 
 
-def poisoned_testset(config: dict, attack_config: dict | None, test, image_size: int):
-    """Rebuilds the attack that produced the model to measure ASR; None when it cannot be known."""
+def poisoned_testset(config: dict, meta: dict, test, image_size: int, log=None):
+    """The poisoned test set of the attack that produced the model, that attack's config and its trigger
+    tensors; (None, ...) when no attack is known. The trigger comes from the tensors saved in the model's checkpoint; only a
+    third-party model (no saved trigger) gets one from ``--trigger`` or, failing that, from the seed."""
+    attack_config, tensors = meta.get("attack"), meta.get("trigger")
     if attack_config is None:
         if config["attack"] in (None, "Benign", "none") or config["tlabel"] is None and not config["trigger"]:
-            return None, None
-        attack_config = {"attack": config["attack"], "y_target": config["tlabel"] or 0, "seed": 0}
+            return None, None, None
+        attack_config = {"attack": attack_class(config["attack"]).name, "y_target": config["tlabel"] or 0, "seed": 0,
+                         "trigger_path": config["trigger"]}
     if attack_config["attack"] == "Benign":
-        return None, attack_config
-    kwargs = {"y_target": attack_config["y_target"], "seed": attack_config.get("seed", 0), "image_size": image_size,
-              "trigger_path": config["trigger"] or attack_config.get("trigger_path")}
-    if "alpha" in attack_config:
-        kwargs["alpha"] = attack_config["alpha"]
-    attack = build_attack(attack_config["attack"], **kwargs)
-    return attack.poison_test(test), attack_config
+        return None, attack_config, None
+    if config["trigger"]:  # the user's trigger file wins over a saved one
+        attack_config, tensors = {**attack_config, "trigger_path": config["trigger"]}, None
+    elif not tensors and log:
+        log(f"note: the checkpoint holds no trigger tensors, so the {attack_config['attack']} trigger is rebuilt from "
+            f"its seed ({attack_config.get('seed', 0)}); pass --trigger if the model was trained with another one")
+    attack = restore_attack(attack_config, tensors, image_size=image_size)
+    return attack.poison_test(test), attack_config, attack.trigger_tensors()
 
 
 def refine_root(config: dict) -> Path:
@@ -94,6 +100,7 @@ def run_refine(config: dict) -> dict:
     data, trigger, an existing run in the way - comes before the first write.
     """
     config = validate("refine", config)
+    config["attack"] = canonical_name(config["attack"]) or config["attack"]  # PhysicalBA -> Physical
     num_classes, image_size = dataset_info(config["dataset"])
     device = resolve_device(config["device"])
     config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
@@ -101,7 +108,7 @@ def run_refine(config: dict) -> dict:
               "attack_dir": str(Path(config["attack_dir"]).expanduser().resolve()),
               "out": str(Path(config["out"]).expanduser().resolve())}
     notes = []  # log lines from before the run folder exists
-    classifier, attack_config, model_path = load_target_model(config, num_classes, notes.append)
+    classifier, meta, model_path = load_target_model(config, num_classes, notes.append)
     config = {**config, "model_path": str(model_path),  # the file defended, absolute (its hash is in the settings)
               **{k: classifier.spec[k] for k in ("normalization", "mean", "std")}}  # what is used
     ensure_data(config, notes.append)
@@ -114,7 +121,7 @@ def run_refine(config: dict) -> dict:
         raise UserError(f"--data-fraction {config['data_fraction']} of {len(train)} training images is "
                         f"{count} images; use a larger fraction (at most 1)")
     unlabeled = train.images[seeded_subset(len(train), count, config["seed"])]  # labels are never used
-    poisoned_test, attack_config = poisoned_testset(config, attack_config, test, image_size)
+    poisoned_test, attack_config, trigger = poisoned_testset(config, meta, test, image_size, notes.append)
     settings = run_settings(config, data={"train": describe_split(train), "test": describe_split(test)})
     folder = refine_root(config) / (config["run_name"] or run_name(config, settings))
     state_path = folder / "train_state.pth"
@@ -171,7 +178,7 @@ def run_refine(config: dict) -> dict:
     final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(config["epochs"])
     defended = defense.defended_model().cpu()
     save_defended(folder / "defended_model.pth", defended, config["unet_channels"], dataset=config["dataset"],
-                  attack=attack_config, source_model=str(model_path), final_metrics=final)
+                  attack=attack_config, trigger=trigger, source_model=str(model_path), final_metrics=final)
     wall = time.time() - started
     run.update_metrics(final=final, train_wall_seconds_this_call=round(wall, 1))
     finish_run(folder, settings)
@@ -196,6 +203,6 @@ def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embed
     test = load_split(dataset, "test", data_root, allow_embedded or saved.get("allow_embedded", False))
     if saved.get("test_size"):  # the run's own test subset, so that its final numbers are reproduced
         test = evaluation_subset(test, saved["test_size"])
-    poisoned_test, _ = poisoned_testset({**DEFAULTS, **saved}, meta.get("attack"), test, image_size)
+    poisoned_test, _, _ = poisoned_testset({**DEFAULTS, **saved}, meta, test, image_size)
     device = resolve_device(device)
     return ba_asr(model.to(device), test, poisoned_test, batch_size, device)

@@ -34,7 +34,7 @@ IO_KEYS = frozenset({"out", "device", "eval_every", "eval_batch_size", "fresh", 
                      "download", "preset", "recipe_note", "run_name", "attack_dir"})
 # Options that name an input file: the settings hold the file's content hash, not its path, so that a
 # moved file is the same run and another file under the same name is not.
-FILE_KEYS = frozenset({"trigger", "model_path"})
+FILE_KEYS = frozenset({"trigger", "model_path", "benign_model"})
 RUN_FILE = "run.json"
 LATEST = "latest"
 
@@ -70,6 +70,16 @@ def describe_split(split) -> dict:
     digest.update(images[::stride].contiguous().numpy().tobytes())
     return {"images": len(split), "kind": "embedded sample" if str(EMBEDDED_SAMPLE) in split.source else "full",
             "sha256": digest.hexdigest()[:16]}
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """SHA-256 of named tensors (names, shapes, dtypes and bytes): identifies a trigger whatever built it."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def run_name(config: dict, settings: dict) -> str:

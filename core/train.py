@@ -171,6 +171,8 @@ def train_classifier(
     evaluate: Callable[[int], dict] | None = None,
     eval_every: int = 10,
     log: Callable[[str], None] = print,
+    roles: torch.Tensor | None = None,
+    batch_hook: Callable | None = None,
 ) -> nn.Module:
     """Trains ``model`` (images in [0, 1] -> logits) with cross-entropy on ``train``.
 
@@ -178,6 +180,8 @@ def train_classifier(
     ``state_path`` the run is resumable: the epoch state is saved after every epoch and reloaded on start.
     ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one. A non-finite loss
     raises :class:`DivergedError` (see :class:`LossGuard`); the state of the last good epoch stays saved.
+    ``batch_hook(x, roles, generator)``: an attack's per-batch transformation (see
+    :meth:`core.attacks.Attack.train_hook`), applied before ``augment``; ``roles``: uint8 N, each sample's role.
     """
     device = torch.device(device)
     layout = memory_format(device)
@@ -188,6 +192,9 @@ def train_classifier(
     if start:
         log(f"resuming from the end of epoch {start}/{epochs} ({state_path})")
     images, labels = train.images.to(device), train.labels.to(device)
+    if batch_hook is not None and roles is None:
+        raise ValueError("batch_hook needs the roles of the training samples")
+    roles = roles.to(device) if batch_hook is not None else None
     steps = math.ceil(len(labels) / batch_size)
     augment_fn = AUGMENTATIONS[augment]
     guard = LossGuard()
@@ -196,11 +203,14 @@ def train_classifier(
         guard.start_epoch(epoch, device)
         shuffle = generator(seed, "shuffle", epoch)  # per-epoch streams make a resumed run exact
         aug_gen = generator(seed, "augment", epoch, device=device)
+        hook_gen = generator(seed, "attack-hook", epoch, device=device)
         seen, loss_sum, correct, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
-        bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=shuffle),
+        bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=shuffle, extra=roles),
                    total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y, *batch_roles) in enumerate(bar):
             set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
+            if batch_hook is not None:
+                x = batch_hook(x, batch_roles[0], generator=hook_gen)
             x = augment_fn(x, generator=aug_gen).contiguous(memory_format=layout)
             with autocast(device, amp):
                 logits = model(x)

@@ -113,6 +113,29 @@ def existing_file(optional=True) -> Check:
     return Check("an existing file", convert, optional)
 
 
+def existing_folder(optional=True) -> Check:
+    """A path to an existing folder, stored absolute."""
+    def convert(v):
+        if not isinstance(v, str) or not Path(v).expanduser().is_dir():
+            raise _Bad
+        return str(Path(v).expanduser().resolve())
+    return Check("an existing folder", convert, optional)
+
+
+def number_list(lo=None, hi=None, length: int | None = None) -> Check:
+    """A list of finite numbers in [lo, hi] (``length`` of them if given); "0.5,0.2" strings are accepted."""
+    one = number(lo, hi)
+
+    def convert(v):
+        if isinstance(v, str):
+            v = [t for t in v.replace(",", " ").split()]
+        if not isinstance(v, (list, tuple)) or length is not None and len(v) != length:
+            raise _Bad
+        return [one.convert(x) for x in v]
+    count = f"{length} " if length else ""
+    return Check(f"a list of {count}numbers {_range_text(lo, hi, False, False)}", convert)
+
+
 def int_list(lo=0) -> Check:
     def convert(v):
         if not isinstance(v, (list, tuple)) or not all(_is_int(x) and x >= lo for x in v):
@@ -144,17 +167,22 @@ def _common(classes: int) -> dict[str, Check]:
 
 
 def attack_rules(classes: int) -> dict[str, Check]:
-    from .attacks import ATTACKS, PLANNED
+    from .attacks import ALIASES, ATTACKS, all_settings
     from .models import NORMALIZATIONS
 
-    planned = lambda v: " (planned, not implemented yet)" if v in PLANNED else ""  # noqa: E731
     return {
         **_common(classes),
-        "attack": choice(ATTACKS, hint=planned), "width": integer(1), "normalization": choice(NORMALIZATIONS),
-        "y_target": integer(0, classes - 1), "poisoned_rate": number(0, 1), "trigger": existing_file(),
-        "alpha": number(0, 1, lo_open=True), "gamma": number(0, lo_open=True), "label_smoothing": number(0, 1),
+        "attack": choice([*ATTACKS, *ALIASES]), "width": integer(1), "normalization": choice(NORMALIZATIONS),
+        "y_target": integer(0, classes - 1), "poisoned_rate": number(0, 1, optional=True),
+        "trigger": existing_file(), "gamma": number(0, lo_open=True), "label_smoothing": number(0, 1),
         "train_size": integer(classes, optional=True),
+        # each attack's own settings; None (unset) means the attack's default
+        **{key: _optional(setting.check) for key, (setting, _) in all_settings().items() if setting.check},
     }
+
+
+def _optional(check: Check) -> Check:
+    return Check(check.describe, check.convert, optional=True)
 
 
 def refine_rules(classes: int) -> dict[str, Check]:

@@ -9,7 +9,7 @@ def test_badnets_pastes_the_pattern_exactly_in_the_bottom_right_corner(synthetic
     data = synthetic(8)
     attack = BadNets(image_size=32, seed=3)
     poisoned = attack.poison_uint8(data.images)
-    pattern = attack.trigger_tensors()["pattern"]  # uint8 1×32×32, zero outside the square
+    pattern = (attack.trigger_tensors()["pattern"] * 255).round().byte()  # 1×32×32, zero outside the square
     assert torch.equal(poisoned[:, :, -3:, -3:], pattern[:, -3:, -3:].expand(8, 3, 3, 3))  # same grey on all channels
     assert torch.equal(poisoned[:, :, :-3, :], data.images[:, :, :-3, :])
     assert torch.equal(poisoned[:, :, -3:, :-3], data.images[:, :, -3:, :-3])
@@ -45,7 +45,9 @@ def test_blended_is_the_rounded_convex_mix(synthetic):
 def test_poisoned_rate_is_exact_and_only_those_samples_change(synthetic, rate):
     data = synthetic(200)
     attack = BadNets(y_target=2, poisoned_rate=rate, seed=5)
-    poisoned, idx = attack.poison_train(data)
+    poisoned, plan = attack.poison_train(data)
+    idx = plan.payload
+    assert len(plan.cover) == 0
     assert len(idx) == round(rate * 200) and len(set(idx.tolist())) == len(idx)
     changed_labels = (poisoned.labels != data.labels).nonzero().flatten()
     assert set(changed_labels.tolist()) <= set(idx.tolist())
@@ -75,7 +77,7 @@ def test_poisoned_indices_do_not_coincide_with_the_first_shuffled_batch(syntheti
     from core.seeding import generator
 
     data = synthetic(1000)
-    idx = set(BadNets(poisoned_rate=0.1, seed=0).poison_train(data)[1].tolist())
+    idx = set(BadNets(poisoned_rate=0.1, seed=0).poison_train(data)[1].payload.tolist())
     first_batch = torch.randperm(1000, generator=generator(0, "shuffle", 0))[:100].tolist()
     assert len(idx & set(first_batch)) < 40
 
@@ -83,7 +85,24 @@ def test_poisoned_indices_do_not_coincide_with_the_first_shuffled_batch(syntheti
 def test_unknown_attack_and_wrong_image_size_give_clear_errors(synthetic):
     with pytest.raises(UserError, match="unknown attack 'Nope'.*BadNets"):
         build_attack("Nope")
-    with pytest.raises(UserError, match="planned"):
-        build_attack("WaNet")
+    with pytest.raises(UserError, match="WaNet takes no trigger file"):
+        build_attack("WaNet", trigger_path="t.png")
+    with pytest.raises(UserError, match="alpha is not a setting of BadNets"):
+        build_attack("BadNets", alpha=0.2)
     with pytest.raises(UserError, match="32x32"):
         BadNets(image_size=32).poison_uint8(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_refine_rebuilds_the_poisoned_test_set_from_the_saved_trigger_not_the_seed(synthetic):
+    from core.run_refine import poisoned_testset
+
+    test = synthetic(20)
+    attack = BadNets(y_target=1, seed=0)
+    saved = {"attack": {**attack.config(), "seed": 99}, "trigger": attack.trigger_tensors()}  # seed disagrees
+    config = {"attack": "BadNets", "tlabel": None, "trigger": None}
+    poisoned, attack_config, tensors = poisoned_testset(config, saved, test, 32)
+    assert torch.equal(poisoned.images, attack.poison_test(test).images)
+    assert torch.equal(tensors["pattern"], attack.pattern)
+    # without saved tensors (a checkpoint of an older version) the seed rebuilds another trigger: the check can fail
+    rebuilt, _, _ = poisoned_testset(config, {"attack": saved["attack"]}, test, 32)
+    assert not torch.equal(rebuilt.images, poisoned.images)

@@ -59,3 +59,20 @@ def test_mini_preset_picks_its_sample_recipe_only_when_the_sample_is_the_data(tm
     assert typed["epochs"] == 1  # a typed flag beats the section too
 
     assert resolve(task, defaults, args(preset="paper", data_root=str(empty)))["recipe_note"] is None
+
+
+def test_a_per_attack_section_applies_to_that_attack_and_its_aliases_only(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("epochs: 6\nWaNet:\n  epochs: 12\nPhysical:\n  lr: 0.05\n")
+    def resolved(**given):
+        return resolve("attack", ATTACK_DEFAULTS, args(config=str(extra), data_root=str(tmp_path), **given))
+    assert resolved(attack="WaNet")["epochs"] == 12
+    assert resolved(attack="BadNets")["epochs"] == 6
+    assert resolved(attack="PhysicalBA")["lr"] == 0.05  # an alias finds its attack's section
+    assert resolved(attack="WaNet", epochs=3)["epochs"] == 3  # a typed flag still wins
+
+
+def test_the_paper_preset_trains_backdoored_models_with_flips_only(tmp_path):
+    config = resolve("attack", ATTACK_DEFAULTS, args(preset="paper", data_root=str(tmp_path)))
+    assert config["augment"] == "flip" and ATTACK_DEFAULTS["augment"] == "flip"
+    assert resolve("attack", ATTACK_DEFAULTS, args(preset="paper", augment="crop_flip"))["augment"] == "crop_flip"

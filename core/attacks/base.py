@@ -1,13 +1,26 @@
-"""What every poisoning attack shares: choosing the poisoned subset, building the poisoned training
-and test sets, and saving the trigger. A concrete attack only defines :meth:`Attack.apply_trigger`
-(and, if it has one, :meth:`Attack.trigger_tensors`).
+"""What every poisoning attack shares. A concrete attack is one small file that declares its settings and
+defines its trigger; the base does the rest:
 
-Triggers are applied once, to the uint8 images in memory (rounded like an image file would be), before
-the training augmentation, as in BackdoorBox's poisoned data sets.
+* **settings** - per-attack options declared as :class:`Setting` objects in ``settings``; ``attack.py``
+  generates its flags from them, ``core.validate`` checks them, the run's config records them;
+* **trigger** - built from the seed (or files) by :meth:`Attack.build_trigger`, kept as the tensors named in
+  ``trigger_names``, saved inside ``model.pth`` so that a defense rebuilds the poisoned test set from the
+  saved tensors (:func:`core.attacks.restore_attack`), never by re-deriving them from the seed;
+* **poisoning plan** - :meth:`Attack.plan`: *payload* indices (trigger + label -> target) and *cover*
+  indices (trigger, true label kept), drawn from the seed;
+* **training trigger vs test trigger** - :meth:`Attack.apply_train_trigger` (may vary per sample, e.g.
+  Adaptive-Patch cycles through its patches) and :meth:`Attack.apply_trigger` (the one ASR is measured with);
+* **per-batch hook** - :meth:`Attack.train_hook`, run on every training batch with each sample's role
+  (PhysicalBA's physical transformations, BATT's benign rotations, WaNet's noise mode).
+
+Triggers are applied once, to the uint8 images in memory (rounded as an image file would be), before the
+per-batch hook and the training augmentation, as in BackdoorBox's poisoned data sets.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,69 +29,183 @@ from ..data import Split, to_float
 from ..errors import UserError
 from ..seeding import generator
 
+# Roles of the training samples, as passed to Attack.train_hook.
+CLEAN, PAYLOAD, COVER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One per-attack option: its default, a one-line help, and the rule that checks it (core.validate.Check).
+
+    The flag is ``--<key with dashes>``; the key is also the option's name in presets, --config files and
+    the run's config.yaml.
+    """
+
+    default: Any
+    help: str
+    check: Any = None  # a core.validate.Check; None: any value of the default's type
+    kind: Any = None  # how the command line parses it; None: from the default's type (see core.cli.add_settings)
+
+
+@dataclass
+class PoisonPlan:
+    """Which training samples an attack touches: ``payload`` (relabelled to the target) and ``cover``
+    (triggered, true label kept). Sorted int64 index tensors, disjoint."""
+
+    payload: torch.Tensor
+    cover: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+    def roles(self, n: int) -> torch.Tensor:
+        """uint8 tensor N: CLEAN, PAYLOAD or COVER per training sample."""
+        roles = torch.full((n,), CLEAN, dtype=torch.uint8)
+        roles[self.payload] = PAYLOAD
+        roles[self.cover] = COVER
+        return roles
+
+    def touched(self) -> torch.Tensor:
+        """Payload then cover indices: the samples that carry a trigger, in the order triggers are assigned."""
+        return torch.cat([self.payload, self.cover])
+
 
 class Attack:
-    """Base class. ``y_target``: target label; ``poisoned_rate``: fraction of the training set poisoned."""
+    """Base class. ``y_target``: target label; ``poisoned_rate``: the share of the training set relabelled
+    (None: the attack's ``default_poisoned_rate``); ``seed``: the trigger and the poisoned subset are drawn
+    from it; ``image_size``: side of the (square) images; ``trigger_path``: a trigger file for attacks that
+    take one; ``trigger_tensors``: a saved trigger (from :meth:`trigger_tensors`) used instead of building one;
+    ``settings``: the attack's own options (see ``settings``)."""
 
     name = "Attack"
+    aliases: tuple[str, ...] = ()
     poisons_data = True
+    default_poisoned_rate = 0.1
+    takes_trigger_file = False  # --trigger FILE means something to this attack
+    settings: dict[str, Setting] = {}
+    trigger_names: tuple[str, ...] = ()  # attributes holding the trigger tensors (float, CPU)
 
-    def __init__(self, y_target: int = 0, poisoned_rate: float = 0.1, seed: int = 0, image_size: int = 32):
+    def __init__(self, y_target: int = 0, poisoned_rate: float | None = None, seed: int = 0, image_size: int = 32,
+                 trigger_path=None, trigger_tensors: dict | None = None, **settings):
+        poisoned_rate = self.default_poisoned_rate if poisoned_rate is None else poisoned_rate
         if not 0.0 <= poisoned_rate <= 1.0:
             raise UserError(f"--poisoned-rate must be in [0, 1], got {poisoned_rate}")
+        if trigger_path and not self.takes_trigger_file:
+            raise UserError(f"{self.name} takes no trigger file (--trigger); its trigger is generated from --seed")
+        unknown = set(settings) - set(self.settings)
+        if unknown:
+            raise UserError(f"{', '.join(sorted(unknown))} is not a setting of {self.name}"
+                            + (f" (its settings: {', '.join(self.settings)})" if self.settings else ""))
         self.y_target = int(y_target)
         self.poisoned_rate = float(poisoned_rate)
         self.seed = int(seed)
         self.image_size = int(image_size)
+        self.trigger_path = str(trigger_path) if trigger_path else None
+        for key, setting in self.settings.items():
+            value = settings.get(key)
+            setattr(self, key, setting.default if value is None else value)
+        if trigger_tensors is not None:
+            self.load_trigger(trigger_tensors)
+        else:
+            self.build_trigger()
 
     # -- to be defined by each attack -------------------------------------------------------------
+    def build_trigger(self) -> None:
+        """Creates the trigger tensors named in ``trigger_names`` (from the seed, settings or files)."""
+
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
-        """Poisons float images in [0, 1], N×C×H×W, returning the same shape and range."""
+        """The test-time trigger: float images in [0, 1], N×C×H×W -> same shape and range."""
         raise NotImplementedError
 
-    def trigger_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors that define the trigger (saved as ``trigger.pth``); images among them as ``*.png``."""
-        return {}
+    def apply_train_trigger(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """The trigger put on training sample number ``order`` (int64 N: rank in :meth:`PoisonPlan.touched`).
+        The test trigger unless the attack varies it per sample."""
+        return self.apply_trigger(x)
 
-    # -- shared machinery -------------------------------------------------------------------------
-    def config(self) -> dict:
-        return {"attack": self.name, "y_target": self.y_target, "poisoned_rate": self.poisoned_rate, "seed": self.seed,
-                "trigger_path": str(self.trigger_path) if getattr(self, "trigger_path", None) else None}
+    def train_hook(self, x: torch.Tensor, roles: torch.Tensor, generator=None) -> torch.Tensor:
+        """Per-batch hook on float training images (device-side; ``roles`` uint8 N); identity by default."""
+        return x
 
-    def poison_uint8(self, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """Applies the trigger to uint8 images N×C×H×W and rounds back to uint8."""
-        self._check_size(images)
-        out = torch.empty_like(images)
-        for s in range(0, len(images), batch_size):
-            poisoned = self.apply_trigger(to_float(images[s:s + batch_size]))
-            out[s:s + batch_size] = (poisoned * 255).round_().clamp_(0, 255).to(torch.uint8)
-        return out
+    has_train_hook = False  # set by attacks that define train_hook, so that the loop can skip the call
+    cover_in_hook = False  # cover samples are triggered per batch by train_hook instead of once in memory
 
+    def prepare_poisoned(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 training images about to get the trigger (indices into the training set), before it is applied.
+        Identity by default; Label-Consistent makes them hard to learn here."""
+        return images
+
+    # -- the plan ---------------------------------------------------------------------------------
     def candidate_indices(self, labels: torch.Tensor) -> torch.Tensor:
-        """Training samples that may be poisoned (all; clean-label attacks restrict to the target class)."""
+        """Training samples that may carry the payload (all; clean-label attacks restrict to the target class)."""
         return torch.arange(len(labels))
 
-    def poisoned_indices(self, labels: torch.Tensor) -> torch.Tensor:
-        """Exactly ``round(poisoned_rate * N)`` indices (sorted), drawn from the seed."""
+    def payload_count(self, labels: torch.Tensor) -> int:
+        return int(round(self.poisoned_rate * len(labels)))
+
+    def cover_count(self, labels: torch.Tensor) -> int:
+        return 0
+
+    def plan(self, labels: torch.Tensor) -> PoisonPlan:
+        """The payload (``payload_count`` of the candidates) and cover samples (drawn from the rest), from the seed."""
         candidates = self.candidate_indices(labels)
-        count = int(round(self.poisoned_rate * len(labels)))
+        count = self.payload_count(labels)
         if count > len(candidates):
             raise UserError(f"poisoned rate {self.poisoned_rate} asks for {count} samples but only "
                             f"{len(candidates)} can be poisoned by {self.name}")
         g = generator(self.seed, "poisoned-indices")
-        return candidates[torch.randperm(len(candidates), generator=g)[:count]].sort().values
+        payload = candidates[torch.randperm(len(candidates), generator=g)[:count]].sort().values
+        covers = self.cover_count(labels)
+        rest = torch.ones(len(labels), dtype=torch.bool)
+        rest[payload] = False
+        rest = rest.nonzero().flatten()
+        if covers > len(rest):
+            raise UserError(f"{self.name} asks for {covers} cover samples but only {len(rest)} are left")
+        g = generator(self.seed, "cover-indices")
+        cover = rest[torch.randperm(len(rest), generator=g)[:covers]].sort().values
+        return PoisonPlan(payload, cover)
 
-    def poison_train(self, train: Split) -> tuple[Split, torch.Tensor]:
-        """Poisoned copy of the training split and the poisoned indices."""
-        idx = self.poisoned_indices(train.labels)
+    # -- shared machinery -------------------------------------------------------------------------
+    def config(self) -> dict:
+        """Everything needed to rebuild the attack (with :meth:`trigger_tensors`): recorded in config and model.pth."""
+        return {"attack": self.name, "y_target": self.y_target, "poisoned_rate": self.poisoned_rate, "seed": self.seed,
+                "image_size": self.image_size, "trigger_path": self.trigger_path,
+                **{key: _plain(getattr(self, key)) for key in self.settings}}
+
+    def trigger_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that define the trigger (float, CPU), by name: saved in model.pth and trigger.pth."""
+        return {name: getattr(self, name).detach().cpu() for name in self.trigger_names}
+
+    def load_trigger(self, tensors: dict) -> None:
+        missing = [n for n in self.trigger_names if n not in tensors]
+        if missing:
+            raise UserError(f"the saved {self.name} trigger lacks {', '.join(missing)}; retrain the model with "
+                            f"this version of attack.py")
+        for name in self.trigger_names:
+            setattr(self, name, tensors[name].float().cpu())
+
+    def poison_uint8(self, images: torch.Tensor, order: torch.Tensor | None = None, batch_size: int = 4096):
+        """Applies the test trigger (or, with ``order``, the training trigger) to uint8 images N×C×H×W,
+        rounding back to uint8."""
+        self._check_size(images)
+        out = torch.empty_like(images)
+        for s in range(0, len(images), batch_size):
+            x = to_float(images[s:s + batch_size])
+            poisoned = self.apply_trigger(x) if order is None else self.apply_train_trigger(x, order[s:s + batch_size])
+            out[s:s + batch_size] = (poisoned * 255).round_().clamp_(0, 255).to(torch.uint8)
+        return out
+
+    def poison_train(self, train: Split) -> tuple[Split, PoisonPlan]:
+        """Poisoned copy of the training split (payload relabelled, cover not) and the plan."""
+        plan = self.plan(train.labels)
         images, labels = train.images.clone(), train.labels.clone()
-        if len(idx):
-            images[idx] = self.poison_uint8(images[idx])
-            labels[idx] = self.y_target
-        return Split(images, labels, train.classes, train.source + f" + {len(idx)} poisoned by {self.name}"), idx
+        touched = plan.payload if self.cover_in_hook else plan.touched()
+        if len(touched):
+            prepared = self.prepare_poisoned(images[touched], labels[touched], touched)
+            images[touched] = self.poison_uint8(prepared, order=torch.arange(len(touched)))
+            labels[plan.payload] = self.y_target
+        cover = f" + {len(plan.cover)} cover samples" if len(plan.cover) else ""
+        return Split(images, labels, train.classes,
+                     train.source + f" + {len(plan.payload)} poisoned{cover} by {self.name}"), plan
 
     def poison_test(self, test: Split) -> Split:
-        """Test images whose true class is not the target, with the trigger, labelled ``y_target``."""
+        """Test images whose true class is not the target, with the test trigger, labelled ``y_target``."""
         keep = (test.labels != self.y_target).nonzero().flatten()
         images = self.poison_uint8(test.images[keep])
         labels = torch.full((len(keep),), self.y_target, dtype=torch.int64)
@@ -87,30 +214,58 @@ class Attack:
     def save_trigger(self, folder) -> list[Path]:
         """Writes ``trigger.pth`` and a PNG of each image-like trigger tensor; returns the paths."""
         from ..checkpoint import atomic_save
-        import cv2
 
         folder = Path(folder)
         tensors = self.trigger_tensors()
         if not tensors:
             return []
-        atomic_save({k: v.cpu() for k, v in tensors.items()}, folder / "trigger.pth")
+        atomic_save(tensors, folder / "trigger.pth")
         written = [folder / "trigger.pth"]
         for key, t in tensors.items():
-            img = t.float()
-            img = img / 255 if t.dtype == torch.uint8 else img
-            if img.dim() == 2:
-                img = img.unsqueeze(0)
-            if img.dim() == 3 and img.shape[0] in (1, 3):
-                array = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-                path = folder / f"trigger_{key}.png"
-                cv2.imwrite(str(path), np.ascontiguousarray(array[:, :, ::-1]))
-                written.append(path)
+            img = t.unsqueeze(0) if t.dim() == 2 else t
+            if img.dim() == 3 and img.shape[0] in (1, 3) and img.shape[-1] == self.image_size:
+                written.append(write_png(img, folder / f"trigger_{key}.png"))
         return written
+
+    def save_preview(self, test: Split, path, per_class: int = 2, max_classes: int = 10) -> Path:
+        """A PNG grid to see the trigger: ``per_class`` test images of the first ``max_classes`` classes, one
+        column each; rows: clean, training trigger (first variant of each column), test trigger, and the
+        test trigger's change amplified 5x (mid-grey = unchanged)."""
+        picks = torch.cat([(test.labels == c).nonzero().flatten()[:per_class]
+                           for c in range(min(max_classes, len(test.classes)))])
+        clean = to_float(test.images[picks])
+        train = to_float(self.poison_uint8(test.images[picks], order=torch.arange(len(picks))))
+        poisoned = to_float(self.poison_uint8(test.images[picks]))
+        diff = (0.5 + 5 * (poisoned - clean)).clamp(0, 1)
+        rows = [torch.cat(list(row), dim=2) for row in (clean, train, poisoned, diff)]  # C×H×(W·n) each
+        return write_png(torch.cat(rows, dim=1), path, upscale=max(1, 96 // self.image_size))
 
     def _check_size(self, images: torch.Tensor) -> None:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise UserError(f"{self.name} was built for {self.image_size}x{self.image_size} images, got "
                             f"{images.shape[-1]}x{images.shape[-2]}; build the attack with the dataset's image size")
+
+
+def _plain(value):
+    """A setting's value as YAML/JSON can hold it."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def write_png(image: torch.Tensor, path, upscale: int = 1) -> Path:
+    """Writes a float C×H×W image in [0, 1] (C = 1 or 3) as a PNG, each pixel ``upscale``×``upscale``."""
+    import cv2
+
+    from ..checkpoint import atomic_write
+
+    img = image.detach().cpu().float().clamp(0, 1)
+    if upscale > 1:
+        img = img.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
+    array = (img * 255).round().byte().permute(1, 2, 0).numpy()
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array[:, :, ::-1]))
+    if not ok:
+        raise UserError(f"could not encode {path} as PNG")
+    atomic_write(path, lambda f: f.write(encoded.tobytes()))
+    return Path(path)
 
 
 def load_trigger_image(path, size: int) -> torch.Tensor:

@@ -8,8 +8,8 @@ class Benign(Attack):
     name = "Benign"
     poisons_data = False
 
-    def __init__(self, y_target=0, poisoned_rate=0.0, seed=0, image_size=32, **_):
-        super().__init__(y_target, 0.0, seed, image_size)
+    def __init__(self, y_target=0, poisoned_rate=None, **kwargs):
+        super().__init__(y_target, 0.0, **kwargs)  # nothing is poisoned, whatever rate is passed
 
     def apply_trigger(self, x):
         return x

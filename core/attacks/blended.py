@@ -8,27 +8,22 @@ from __future__ import annotations
 import torch
 
 from ..seeding import generator
-from .base import Attack, load_trigger_image
+from ..validate import number
+from .base import Attack, Setting, load_trigger_image
 
 
 class Blended(Attack):
     name = "Blended"
+    takes_trigger_file = True
+    settings = {"alpha": Setting(0.1, "Blended: blend ratio of the trigger picture", number(0, 1, lo_open=True))}
+    trigger_names = ("pattern",)
 
-    def __init__(self, y_target=0, poisoned_rate=0.1, seed=0, image_size=32, trigger_path=None, alpha=0.1):
-        super().__init__(y_target, poisoned_rate, seed, image_size)
-        self.trigger_path = trigger_path
-        self.alpha = float(alpha)
-        if trigger_path:
-            self.pattern = load_trigger_image(trigger_path, image_size)
+    def build_trigger(self):
+        if self.trigger_path:
+            self.pattern = load_trigger_image(self.trigger_path, self.image_size)
         else:
-            g = generator(seed, "Blended-trigger")
-            self.pattern = torch.randint(0, 256, (3, image_size, image_size), generator=g).float() / 255
-
-    def config(self):
-        return {**super().config(), "alpha": self.alpha}
+            g = generator(self.seed, "Blended-trigger")
+            self.pattern = torch.randint(0, 256, (3, self.image_size, self.image_size), generator=g).float() / 255
 
     def apply_trigger(self, x):
         return (1 - self.alpha) * x + self.alpha * self.pattern.to(x.device)
-
-    def trigger_tensors(self):
-        return {"pattern": (self.pattern * 255).round().to(torch.uint8), "alpha": torch.tensor(self.alpha)}

@@ -1,0 +1,89 @@
+"""Adaptive-Patch (Qi et al., ICLR 2023): a backdoor built to look like a clean model's latent space.
+
+Four patch triggers, each blended at its own opacity (0.5, 0.5, 0.2, 0.3); 1 % of the training set carries a
+trigger and the target label (payload), another 2 % carries a trigger and keeps its true label (cover), which
+keeps the poisoned samples from forming a cluster of their own. Payload and cover samples each carry one
+trigger, cycling through the four. At test time the first two triggers are applied together, at full opacity.
+
+The authors use four small pictures; here comparable ones are generated from the seed (no third-party
+images): a 5×5 patch in the top-left corner, four 2×2 marks near the corners, a 13×13 round coloured logo near
+the top right and an 8×8 square near the bottom right (positions for 32×32 images, scaled for larger ones).
+``trigger_dir`` loads four image files instead (sorted by name; full image size, black = no trigger).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..seeding import generator
+from ..validate import existing_folder, number, number_list
+from .base import Attack, Setting, load_trigger_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class AdaptivePatch(Attack):
+    name = "Adaptive"
+    aliases = ("AdaptivePatch",)
+    default_poisoned_rate = 0.01
+    settings = {
+        "cover_rate": Setting(0.02, "Adaptive: share of the training set carrying a trigger with its true label",
+                              number(0, 1)),
+        "patch_opacity": Setting((0.5, 0.5, 0.2, 0.3), "Adaptive: opacity of each of the four patches in training",
+                                 number_list(0, 1, length=4)),
+        "trigger_dir": Setting(None, "Adaptive: folder of four trigger images (sorted by name, full image size, "
+                                     "black = no trigger) instead of the generated ones",
+                               existing_folder()),
+    }
+    trigger_names = ("patches", "masks")
+
+    def build_trigger(self):
+        if self.trigger_dir:
+            files = sorted(p for p in Path(self.trigger_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if len(files) != 4:
+                raise UserError(f"--trigger-dir must hold exactly 4 images, found {len(files)} in {self.trigger_dir}")
+            self.patches = torch.stack([load_trigger_image(f, self.image_size).expand(3, -1, -1) for f in files])
+            self.masks = (self.patches > 0).any(1).float()
+            return
+        g = generator(self.seed, "Adaptive-triggers")
+        patches, masks = torch.zeros(4, 3, 32, 32), torch.zeros(4, 32, 32)
+
+        def put(k, rows, cols, pattern):
+            patches[k, :, rows, cols] = pattern
+            masks[k, rows, cols] = 1
+
+        put(0, slice(0, 5), slice(0, 5), torch.rand(3, 5, 5, generator=g))  # corner patch
+        for r in (6, 24):  # four marks of one colour each
+            for c in (6, 24):
+                put(1, slice(r, r + 2), slice(c, c + 2), torch.rand(3, 1, 1, generator=g).expand(3, 2, 2))
+        logo = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=13, mode="bilinear", align_corners=True)[0]
+        put(2, slice(1, 14), slice(18, 31), logo)
+        yy, xx = torch.meshgrid(torch.arange(13.0), torch.arange(13.0), indexing="ij")
+        masks[2, 1:14, 18:31] = (((yy - 6) ** 2 + (xx - 6) ** 2) <= 6.5 ** 2).float()  # round logo
+        put(3, slice(22, 30), slice(22, 30), torch.rand(3, 4, 4, generator=g).repeat_interleave(2, 1)
+            .repeat_interleave(2, 2))  # 2-pixel blocks
+        if self.image_size != 32:
+            patches = F.interpolate(patches, size=self.image_size, mode="nearest")
+            masks = F.interpolate(masks[:, None], size=self.image_size, mode="nearest")[:, 0]
+        self.patches, self.masks = patches * masks[:, None], masks
+
+    def cover_count(self, labels):
+        return int(round(self.cover_rate * len(labels)))
+
+    def _blend(self, x, which: torch.Tensor, opacity: torch.Tensor):
+        """Blends patch ``which[i]`` into image i at ``opacity[i]``."""
+        weight = self.masks.to(x.device)[which][:, None] * opacity.to(x)[:, None, None, None]
+        return x * (1 - weight) + self.patches.to(x.device)[which] * weight
+
+    def apply_train_trigger(self, x, order):
+        which = order.to(x.device) % 4
+        return self._blend(x, which, torch.tensor(self.patch_opacity, device=x.device)[which])
+
+    def apply_trigger(self, x):
+        ones = torch.ones(len(x), device=x.device)
+        for k in (0, 1):
+            x = self._blend(x, torch.full((len(x),), k, device=x.device), ones)
+        return x
