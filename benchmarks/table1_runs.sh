@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# The runs behind the Table-1 layout (attack x {no defense, REFINE}): for each attack, attack.py then refine.py
-# with one preset. Resumable: run it again and finished runs are reported, unfinished ones resume. LC needs the
-# Benign model of the same preset, so list Benign before LC. REFINE is skipped for a model whose backdoor did not
-# take (ASR below MIN_ASR), as there is nothing to remove.
+# The runs behind the Table-1 layout (attack x {no defense, REFINE}) with one preset: first attack.py for every
+# attack (so that every backdoor is known early), then refine.py for every backdoored model. Resumable: run it
+# again and finished runs are reported, unfinished ones resume. LC needs the Benign model of the same preset, so
+# list Benign before LC. REFINE is skipped for a model whose backdoor did not take (ASR below MIN_ASR).
 #   PRESET=mini ATTACKS="WaNet BATT" bash benchmarks/table1_runs.sh
+#   then: python -m core.summary attack refine_res --table1 --preset mini --markdown
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PRESET=${PRESET:-mini}
 ATTACKS=${ATTACKS:-"BadNets Blended WaNet Physical BATT Adaptive Benign LC"}
+DEFEND=${DEFEND:-$ATTACKS}
 MIN_ASR=${MIN_ASR:-50}
 PY=${PY:-python}
 for attack in $ATTACKS; do
   echo "== $(date +%H:%M:%S) attack.py --attack $attack --preset $PRESET"
-  $PY attack.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" "$@" || { echo "attack $attack failed"; continue; }
+  $PY attack.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" || echo "attack $attack failed"
+done
+for attack in $DEFEND; do
   [ "$attack" = Benign ] && continue
   asr=$($PY - "$attack" <<'PY'
 import json, sys
 from pathlib import Path
 from core.runlog import read_latest
 folder = read_latest(Path("attack/CIFAR10/ResNet18") / sys.argv[1])
-print(json.loads((folder / "metrics.json").read_text())["final"].get("ASR", 0) if folder else 0)
+print(json.loads((folder / "metrics.json").read_text()).get("final", {}).get("ASR", 0) if folder else 0)
 PY
 )
   if awk "BEGIN {exit !($asr < $MIN_ASR)}"; then echo "skip REFINE on $attack: ASR $asr < $MIN_ASR"; continue; fi

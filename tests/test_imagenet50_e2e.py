@@ -39,6 +39,7 @@ def attack_args(root, attack):
             *(["--lc-steps", "1"] if attack == "LC" else [])]
 
 
+@pytest.mark.slow  # about 45 s per attack on 2 CPU cores: a 224×224 UNet 32 is costly; -m "not slow" skips it
 @pytest.mark.parametrize("attack", ATTACK_NAMES)
 def test_attack_refine_and_eval_on_imagenet50_shapes(imagenet50, attack, capsys):
     # in-process (the scripts' main), not subprocesses: 22 interpreter starts would cost more than the runs
@@ -54,7 +55,7 @@ def test_attack_refine_and_eval_on_imagenet50_shapes(imagenet50, attack, capsys)
     if attack in ("BadNets", "Physical", "LC"):
         assert int(saved["trigger"]["weight"].sum()) == 400  # the 20×20 patch of ImageNet-size images
     refine_script.main(["--dataset", "ImageNet50", "--attack", attack, "--epochs", "1", "--eval-every", "1",
-                        "--data-fraction", "0.4", "--test-size", "50", "--data-root", str(root / "data"),
+                        "--data-fraction", "0.1", "--test-size", "50", "--data-root", str(root / "data"),
                         "--attack-dir", str(root / "attack"), "--out", str(root / "refine")])
     defended = root / "refine" / "ImageNet50" / "ResNet18" / attack / "latest"
     refine_config = (defended / "config.yaml").read_text()
