@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", choices=list(DATASETS))
     p.add_argument("--model", choices=MODEL_NAMES)
     p.add_argument("--attack", help=f"one of {', '.join(ATTACKS)} (also {', '.join(ALIASES)})")
-    p.add_argument("--preset", help="YAML preset in configs/attack/ (paper [default], mini)")
+    p.add_argument("--preset", help="YAML preset in configs/attack/ (paper [default], mini, fast)")
     p.add_argument("--config", help="YAML file of options, applied after the preset")
     p.add_argument("--tlabel", "--y-target", dest="y_target", type=int, help="target label (default 0)")
     p.add_argument("--poisoned-rate", "--poisoned_rate", dest="poisoned_rate", type=float,
@@ -57,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output root (default attack/)")
     p.add_argument("--device", "--gpu", dest="device", help="auto, cpu, cuda, cuda:1 or a GPU index")
     p.add_argument("--amp", type=str2bool, help="bf16 autocast on CUDA (default true)")
+    p.add_argument("--compile", type=str2bool, nargs="?", const=True,
+                   help="train through torch.compile (a one-off compilation; eager again where it fails; default false)")
+    p.add_argument("--fused", type=str2bool, nargs="?", const=True,
+                   help="fused optimizer kernels on CUDA (default false)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", dest="eval_every", type=int)
     p.add_argument("--fresh", action="store_true", help="discard an unfinished run of the same settings (a finished run is never discarded)")

@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", choices=list(DATASETS))
     p.add_argument("--model", choices=MODEL_NAMES)
     p.add_argument("--attack", help="attack name: picks attack/<DATASET>/<MODEL>/<ATTACK>/model.pth and the trigger")
-    p.add_argument("--preset", help="YAML preset in configs/refine/ (paper [default], mini)")
+    p.add_argument("--preset", help="YAML preset in configs/refine/ (paper [default], mini, fast)")
     p.add_argument("--config", help="YAML file of options, applied after the preset")
     p.add_argument("--model-path", "--model_path", dest="model_path", help="checkpoint to defend (any source)")
     p.add_argument("--attack-dir", dest="attack_dir", help="root of attack.py outputs (default attack/)")
@@ -48,12 +48,22 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=["multistep", "cosine", "onecycle", "constant"])
     p.add_argument("--milestones", type=int_list)
     p.add_argument("--decay", type=float, help="multistep factor (0.8)")
-    p.add_argument("--augment", choices=["refine", "crop_flip", "flip", "none"],
-                   help="augmentation of the unlabeled images (refine: resized crop + flip + grayscale)")
+    p.add_argument("--augment", choices=["refine", "refine_clamp", "crop_flip", "flip", "none"],
+                   help="augmentation of the unlabeled images (refine: resized crop + flip + grayscale, an oversized "
+                        "crop redrawn as torchvision and the authors' code do; refine_clamp: clamped, the mini preset)")
+    p.add_argument("--supcon-views", dest="supcon_views", type=int, choices=[1, 2],
+                   help="copies of each transformed image in the SupCon loss: 2 as the authors' code (default; every "
+                        "image is also its own positive), 1 as the paper's formula (the mini preset)")
+    p.add_argument("--pseudo-fp32", dest="pseudo_fp32", type=str2bool, nargs="?", const=True,
+                   help="pseudo-labels from an fp32 forward pass of F even under bf16 autocast (the authors' code runs "
+                        "everything in fp32; default false: bf16 on CUDA, which is faster; CPUs always use fp32)")
     p.add_argument("--pseudo-labels", dest="pseudo_labels", choices=["augmented", "clean"],
                    help="ȳ from each augmented batch (authors' code, default) or once from the clean images (faster)")
     p.add_argument("--compile", type=str2bool, nargs="?", const=True,
-                   help="run T and F through torch.compile (faster after a one-off compilation of about 2 min on a CPU)")
+                   help="run T and F through torch.compile (faster after a one-off compilation of about 2 min on a CPU; "
+                        "falls back to eager mode where compilation fails)")
+    p.add_argument("--fused", type=str2bool, nargs="?", const=True,
+                   help="fused optimizer kernels on CUDA (default false)")
     p.add_argument("--epochs", "--epoch", dest="epochs", type=int)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--data-fraction", dest="data_fraction", type=float, help="share of the unlabeled data used")

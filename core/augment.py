@@ -28,14 +28,39 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, generator=None) -> torch
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_resized_crop_flip(x: torch.Tensor, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
-    """``RandomResizedCrop(H, scale)`` + horizontal flip p=0.5, as one bilinear resampling per batch."""
-    n = x.shape[0]
-    area = scale[0] + (scale[1] - scale[0]) * _rand(n, x, generator)
+def crop_sizes(n: int, x: torch.Tensor, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "redraw",
+               attempts: int = 10, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Width and height (fractions of the side) of ``n`` random resized crops of a square image.
+
+    ``redraw`` (torchvision's ``RandomResizedCrop``, hence the authors' REFINE code): up to ``attempts`` draws
+    of area and aspect ratio per image, the first that fits inside the image is used, the whole image when none
+    does - all attempts drawn at once, no per-sample loop. ``clamp`` (this toolkit before 2026-11-27): one
+    draw, an oversized side clamped to the image (with scale 0.8-1 most draws are clamped, so crops are larger
+    on average: mean area about 0.87 instead of 0.90).
+    """
+    tries = attempts if mode == "redraw" else 1
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, device=x.device, generator=generator)
     log_r = torch.log(torch.tensor(ratio, device=x.device))
-    aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * _rand(n, x, generator))
-    w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop size as a fraction of the side
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * torch.rand(n, tries, device=x.device, generator=generator))
+    w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
+    if mode == "clamp":
+        return w[:, 0].clamp(max=1.0), h[:, 0].clamp(max=1.0)
+    if mode != "redraw":
+        raise ValueError(f"unknown crop mode {mode!r}; choose redraw or clamp")
+    fits = (w <= 1) & (h <= 1)
+    first = fits.to(torch.int8).argmax(1, keepdim=True)  # index of the first fitting draw (0 when none fits)
+    found = fits.any(1)
+    one = torch.ones(n, device=x.device)
+    return (torch.where(found, w.gather(1, first)[:, 0], one), torch.where(found, h.gather(1, first)[:, 0], one))
+
+
+def random_resized_crop_flip(x: torch.Tensor, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), generator=None,
+                             mode: str = "redraw") -> torch.Tensor:
+    """``RandomResizedCrop(H, scale)`` + horizontal flip p=0.5, as one bilinear resampling per batch.
+    ``mode``: how a crop larger than the image is handled (see :func:`crop_sizes`)."""
+    n = x.shape[0]
+    w, h = crop_sizes(n, x, scale, ratio, mode, generator=generator)
+    w, h = w.to(x.dtype), h.to(x.dtype)
     cx = (1 - w) * (2 * _rand(n, x, generator) - 1)  # crop centre in [-1, 1] grid units
     cy = (1 - h) * (2 * _rand(n, x, generator) - 1)
     sign = torch.where(_rand(n, x, generator) < 0.5, -1.0, 1.0)
@@ -59,8 +84,12 @@ AUGMENTATIONS = {
     "none": lambda x, generator=None: x,
     "crop_flip": random_crop_flip,  # classifier training (BackdoorBox / the paper)
     "flip": lambda x, generator=None: random_crop_flip(x, padding=0, generator=generator),
+    # REFINE's UNet training, as the authors' code: RandomResizedCrop (scale 0.8-1) + flip + grayscale p 0.2
     "refine": lambda x, generator=None: random_grayscale(random_resized_crop_flip(x, generator=generator),
-                                                         generator=generator),  # REFINE's UNet training
+                                                         generator=generator),
+    # the same with the crop size clamped instead of redrawn (the mini preset was tuned with it)
+    "refine_clamp": lambda x, generator=None: random_grayscale(
+        random_resized_crop_flip(x, generator=generator, mode="clamp"), generator=generator),
 }
 
 

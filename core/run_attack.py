@@ -30,6 +30,7 @@ DEFAULTS = {
     "schedule": "multistep", "milestones": [100, 130], "gamma": 0.1, "label_smoothing": 0.0, "augment": "flip",
     "train_size": None, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "attack", "device": "auto", "amp": True, "seed": 0,
+    "compile": False, "fused": False,  # speed-ups only (the fast preset turns them on)
     "eval_every": 10, "eval_batch_size": None, "fresh": False,
     "mean": None, "std": None, "download": False,  # explicit normalization (replaces the name); fetch CIFAR-10
 }
@@ -148,7 +149,8 @@ def run_attack(config: dict) -> dict:
                          label_smoothing=config["label_smoothing"], augment=config["augment"], device=device,
                          amp=config["amp"], seed=config["seed"], state_path=state_path, fingerprint=settings,
                          evaluate=evaluate, eval_every=config["eval_every"], log=run.log,
-                         roles=plan.roles(len(train)), batch_hook=attack.train_hook if attack.has_train_hook else None)
+                         roles=plan.roles(len(train)), batch_hook=attack.train_hook if attack.has_train_hook else None,
+                         compile=config["compile"], fused=config["fused"])
     except DivergedError as exc:
         run.log(f"stopped: {exc}; no model saved, the last good epoch stays resumable", echo=False)
         raise

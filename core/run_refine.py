@@ -28,7 +28,8 @@ DEFAULTS = {
     "unet_channels": 64, "loss": "ce", "sup": 0.1, "temperature": 0.07, "remap": True,
     "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 150, "batch_size": 256,
     "schedule": "multistep", "milestones": [100, 130], "decay": 0.8, "augment": "refine",
-    "pseudo_labels": "augmented", "compile": False,
+    "pseudo_labels": "augmented", "compile": False, "fused": False,
+    "supcon_views": 2, "pseudo_fp32": False,  # the authors' SupCon call (two identical views); bf16 pseudo-labels on CUDA
     "data_fraction": 1.0, "test_size": None, "allow_embedded": False,
     "data_root": "data", "out": "refine_res", "run_name": None, "device": "auto", "amp": True, "seed": 0,
     "eval_every": 10, "eval_batch_size": None, "fresh": False,
@@ -150,7 +151,7 @@ def run_refine(config: dict) -> dict:
     torch.manual_seed(config["seed"])
     defense = REFINE(UNet(config["unet_channels"]), classifier, num_classes, seed=config["seed"], loss=config["loss"],
                      lam=config["sup"], temperature=config["temperature"], remap=config["remap"], device=device,
-                     amp=config["amp"])
+                     amp=config["amp"], supcon_views=config["supcon_views"], pseudo_fp32=config["pseudo_fp32"])
     atomic_text(folder / "label_mapping.json", json.dumps(
         {"permutation": defense.remap.permutation.tolist(),
          "meaning": "the score of original class j is moved to position permutation[j]"}, indent=2))
@@ -169,6 +170,7 @@ def run_refine(config: dict) -> dict:
                       optimizer=config["optimizer"], momentum=config["momentum"], weight_decay=config["weight_decay"],
                       schedule=config["schedule"], milestones=config["milestones"], gamma=config["decay"],
                       augment=config["augment"], pseudo_labels=config["pseudo_labels"], compile=config["compile"],
+                      fused=config["fused"],
                       state_path=state_path, fingerprint=settings, evaluate=evaluate,
                       eval_every=config["eval_every"], log=run.log)
     except DivergedError as exc:

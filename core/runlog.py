@@ -28,10 +28,11 @@ from tqdm import tqdm
 from .checkpoint import atomic_write, file_sha256
 from .errors import UserError
 
-# Options that only say where things are read from or written to, or how progress is reported: they
-# never change what a run computes, so they are left out of its settings hash. Every other option is in.
+# Options that only say where things are read from or written to, how progress is reported, or how fast the
+# same computation runs (compile, fused): they never change what a run computes, so they are left out of its
+# settings hash, and a run resumes with them changed. Every other option is in.
 IO_KEYS = frozenset({"out", "device", "eval_every", "eval_batch_size", "fresh", "data_root", "allow_embedded",
-                     "download", "preset", "recipe_note", "run_name", "attack_dir"})
+                     "download", "preset", "recipe_note", "run_name", "attack_dir", "compile", "fused"})
 # Options that name an input file: the settings hold the file's content hash, not its path, so that a
 # moved file is the same run and another file under the same name is not.
 FILE_KEYS = frozenset({"trigger", "model_path", "benign_model"})

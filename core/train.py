@@ -29,11 +29,15 @@ def resolve_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
+def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+                   fused: bool = False):
+    """SGD or Adam by name. ``fused``: one fused kernel per step on CUDA (ignored elsewhere)."""
+    params = list(params)
+    extra = {"fused": True} if fused and params and params[0].is_cuda else {}
     if name.lower() == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
     if name.lower() == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
     raise UserError(f"unknown optimizer {name!r}; choose SGD or Adam")
 
 
@@ -143,6 +147,29 @@ class LossGuard:
                                 f"training diverged; {self.hint}")
 
 
+def is_compile_failure(err: BaseException) -> bool:
+    """True for an error of torch.compile's tracer or code generator (classes of ``torch._dynamo`` and
+    ``torch._inductor``, e.g. no C++ compiler on the machine), after which eager mode can go on. Out of
+    memory and errors of the model itself are not: hiding them would hide a real problem."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
+def try_compiled(step: Callable, compiled, eager, log: Callable[[str], None]):
+    """``step(compiled)`` - forward and backward, as a compiled backward graph is built at the first backward -
+    or, when compilation fails, one warning and ``step(eager)``. Returns ``(result, modules to use from now
+    on)``; any other error is raised as it is. Shared by every training loop with a ``compile`` option."""
+    try:
+        return step(compiled), compiled
+    except Exception as err:  # noqa: BLE001 - re-raised below unless the compiler failed
+        if not is_compile_failure(err):
+            raise
+        log(f"warning: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            f"training continues without it")
+        return step(eager), eager
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA (keeps accuracy without a grad scaler); nothing on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
@@ -173,6 +200,8 @@ def train_classifier(
     log: Callable[[str], None] = print,
     roles: torch.Tensor | None = None,
     batch_hook: Callable | None = None,
+    compile: bool = False,
+    fused: bool = False,
 ) -> nn.Module:
     """Trains ``model`` (images in [0, 1] -> logits) with cross-entropy on ``train``.
 
@@ -182,11 +211,13 @@ def train_classifier(
     raises :class:`DivergedError` (see :class:`LossGuard`); the state of the last good epoch stays saved.
     ``batch_hook(x, roles, generator)``: an attack's per-batch transformation (see
     :meth:`core.attacks.Attack.train_hook`), applied before ``augment``; ``roles``: uint8 N, each sample's role.
+    ``compile``: full batches run through ``torch.compile(model)`` (eager again where compilation fails);
+    ``fused``: fused optimizer kernels on CUDA. Both are speed-ups only: the same computation.
     """
     device = torch.device(device)
     layout = memory_format(device)
     model.to(device).to(memory_format=layout)
-    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
+    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay, fused=fused)
     state = EpochState(state_path, {"model": model}, opt, fingerprint or {}) if state_path else None
     start = state.load() if state else 0
     if start:
@@ -198,6 +229,16 @@ def train_classifier(
     steps = math.ceil(len(labels) / batch_size)
     augment_fn = AUGMENTATIONS[augment]
     guard = LossGuard()
+    fast = torch.compile(model) if compile else model
+
+    def step_with(net, x, y):
+        with autocast(device, amp):
+            logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return logits, loss
+
     for epoch in range(start, epochs):
         model.train()
         guard.start_epoch(epoch, device)
@@ -212,17 +253,17 @@ def train_classifier(
             if batch_hook is not None:
                 x = batch_hook(x, batch_roles[0], generator=hook_gen)
             x = augment_fn(x, generator=aug_gen).contiguous(memory_format=layout)
-            with autocast(device, amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # the last, smaller batch runs eagerly: a second compilation for its shape would cost more
+            if fast is not model and len(x) == batch_size:
+                (logits, loss), fast = try_compiled(lambda net: step_with(net, x, y), fast, model, log)
+            else:
+                logits, loss = step_with(model, x, y)
             opt.step()
             guard.update(loss, step)
             seen += len(y)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
-            if step % 20 == 0:
+            if step % 20 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}",
                                 img_s=f"{seen / (time.time() - t0):.0f}")
         guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved

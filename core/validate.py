@@ -162,7 +162,7 @@ def _common(classes: int) -> dict[str, Check]:
         "test_size": integer(classes, optional=True),
         "data_root": text(), "allow_embedded": boolean(), "out": text(), "device": text(), "amp": boolean(),
         "seed": integer(0), "eval_every": integer(1), "eval_batch_size": integer(1, optional=True),
-        "fresh": boolean(), "preset": name(optional=True),
+        "fresh": boolean(), "preset": name(optional=True), "compile": boolean(), "fused": boolean(),
     }
 
 
@@ -194,7 +194,8 @@ def refine_rules(classes: int) -> dict[str, Check]:
         "tlabel": integer(0, classes - 1, optional=True), "trigger": existing_file(),
         "normalization": choice(NORMALIZATIONS, optional=True), "unet_channels": integer(1),
         "loss": choice(("ce", "bce")), "sup": number(0), "temperature": number(0, lo_open=True), "remap": boolean(),
-        "decay": number(0, lo_open=True), "pseudo_labels": choice(("augmented", "clean")), "compile": boolean(),
+        "decay": number(0, lo_open=True), "pseudo_labels": choice(("augmented", "clean")),
+        "supcon_views": choice((1, 2)), "pseudo_fp32": boolean(),
         "data_fraction": number(0, 1, lo_open=True), "run_name": name(optional=True),
     }
 

@@ -76,3 +76,10 @@ def test_the_paper_preset_trains_backdoored_models_with_flips_only(tmp_path):
     config = resolve("attack", ATTACK_DEFAULTS, args(preset="paper", data_root=str(tmp_path)))
     assert config["augment"] == "flip" and ATTACK_DEFAULTS["augment"] == "flip"
     assert resolve("attack", ATTACK_DEFAULTS, args(preset="paper", augment="crop_flip"))["augment"] == "crop_flip"
+
+
+def test_refine_follows_the_authors_supcon_and_crops_except_in_the_mini_preset(tmp_path):
+    paper = resolve("refine", REFINE_DEFAULTS, args(preset="paper", data_root=str(tmp_path)))
+    assert (paper["supcon_views"], paper["augment"]) == (2, "refine")  # the authors' code
+    mini = resolve("refine", REFINE_DEFAULTS, args(preset="mini", data_root=str(tmp_path)))
+    assert (mini["supcon_views"], mini["augment"]) == (1, "refine_clamp")  # what the mini recipe was tuned with

@@ -110,3 +110,30 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     final = json.loads((run / "metrics.json").read_text())["final"]
     assert f"BA {final['BA']:.2f}%" in r.stdout and f"ASR {final['ASR']:.2f}%" in r.stdout
+
+
+def test_resized_crop_redraws_like_torchvision_or_clamps_as_asked():
+    import math
+    import random
+
+    from core.augment import crop_sizes
+
+    x = torch.zeros(1)
+    w, h = crop_sizes(100_000, x, mode="redraw", generator=torch.Generator().manual_seed(0))
+    assert (w <= 1).all() and (h <= 1).all() and ((w * h) >= 0.8 - 1e-6).all()  # a redrawn crop never clamps
+    # torchvision's rule, written out per sample: the first of 10 draws that fits, else the whole image
+    rng, total = random.Random(0), 0.0
+    for _ in range(20_000):
+        for _ in range(10):
+            area, aspect = rng.uniform(0.8, 1.0), math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = math.sqrt(area * aspect), math.sqrt(area / aspect)
+            if cw <= 1 and ch <= 1:
+                total += cw * ch
+                break
+        else:
+            total += 1.0
+    assert float((w * h).mean()) == pytest.approx(total / 20_000, abs=0.003)
+    cw, ch = crop_sizes(100_000, x, mode="clamp", generator=torch.Generator().manual_seed(0))
+    clamped = ((cw == 1) | (ch == 1)).float().mean()
+    assert 0.5 < float(clamped) < 0.8  # most draws are clamped, as the issue measured (about 63 %)
+    assert (cw * ch < 0.8 - 1e-6).any()  # so clamped crops can fall below the asked minimum area

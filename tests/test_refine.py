@@ -80,6 +80,17 @@ def test_supcon_ignores_anchors_without_positives():
     assert torch.isfinite(with_pairs)
 
 
+def test_supcon_with_two_identical_views_is_supcon_of_the_duplicated_batch():
+    # the authors' call: each transformed image passed twice, so it is also its own positive
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(6, 5, generator=g), torch.tensor([0, 0, 1, 2, 2, 2])
+    doubled = _supcon_by_hand(torch.cat([feats, feats]), torch.cat([labels, labels]), 0.1)
+    assert supcon_loss(feats, labels, 0.1, views=2).item() == pytest.approx(doubled, rel=1e-5)
+    assert supcon_loss(feats, labels, 0.1, views=2).item() != pytest.approx(supcon_loss(feats, labels, 0.1).item())
+    # an image alone in its class has a positive now: its own copy
+    assert supcon_loss(feats[:3], torch.tensor([0, 1, 2]), 0.1, views=2).item() > 0
+
+
 def test_ce_and_bce_losses():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     y = torch.tensor([0])

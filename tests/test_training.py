@@ -65,3 +65,56 @@ def test_tiny_badnets_attack_really_fires(synthetic, seed):
     m = ba_asr(model, test, attack.poison_test(test))
     assert m["BA"] > 80, (seed, m)
     assert m["ASR"] > 90, (seed, m)  # chance would be about 25 %
+
+
+def _few_steps(data, **kwargs):
+    torch.manual_seed(0)
+    model = build_classifier("ResNet18", "CIFAR10", 4, width=4)
+    kwargs = {"lr": 0.05, **kwargs}
+    train_classifier(model, data, epochs=1, batch_size=16, device="cpu", log=lambda m: None, **kwargs)
+    return model
+
+
+def test_compiled_training_gives_the_weights_of_eager_training(monkeypatch, synthetic):
+    # aot_eager traces forward and backward through dynamo and AOTAutograd (what can go wrong in the compiled
+    # path) without inductor's slow CPU code generation; 40 images = two full compiled batches + an eager one
+    import functools
+
+    data = synthetic(40, size=16)
+    eager = _few_steps(data)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled = _few_steps(data, compile=True)
+    for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    changed = _few_steps(data, lr=0.06)  # the comparison can fail: another run differs
+    assert not all(torch.allclose(a.float(), b.float(), atol=1e-5)
+                   for a, b in zip(eager.state_dict().values(), changed.state_dict().values()))
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_attack_training_falls_back_to_eager_when_compilation_fails(monkeypatch, synthetic, where):
+    from test_refine import _broken_compile
+
+    monkeypatch.setattr(torch, "compile", _broken_compile(where))
+    logs = []
+    torch.manual_seed(0)
+    model = build_classifier("ResNet18", "CIFAR10", 4, width=4)
+    train_classifier(model, synthetic(32, size=16), epochs=2, batch_size=16, device="cpu", compile=True,
+                     log=logs.append)
+    assert sum("torch.compile failed (BackendCompilerFailed" in line for line in logs) == 1  # warned once
+    assert any(line.startswith("epoch 2/2") for line in logs)
+
+
+@pytest.mark.parametrize("where, error", [("oom", torch.OutOfMemoryError), ("bug", ValueError)])
+def test_compiled_attack_training_does_not_hide_other_errors(monkeypatch, synthetic, where, error):
+    from test_refine import _broken_compile
+
+    monkeypatch.setattr(torch, "compile", _broken_compile(where))
+    with pytest.raises(error):
+        _few_steps(synthetic(32, size=16), compile=True)
+
+
+def test_fused_optimizer_is_a_no_op_on_the_cpu(synthetic):
+    data = synthetic(32, size=16)
+    for (k, a), b in zip(_few_steps(data).state_dict().items(), _few_steps(data, fused=True).state_dict().values()):
+        assert torch.equal(a, b), k

@@ -5,14 +5,18 @@ import torch
 import torch.nn.functional as F
 
 
-def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al., 2020), "L_out" form, on one view per sample.
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07, views: int = 1) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., 2020), "L_out" form.
 
-    features: N×D (any scale; L2-normalised here). labels: N ints. For each anchor i with at least one
-    positive p (same label, p != i): -1/|P(i)| · Σ_p log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) ),
-    averaged over those anchors. Returns 0 (with a graph) when no anchor has a positive.
+    features: N×D (any scale; L2-normalised here). labels: N ints. ``views``: how many copies of each sample
+    enter the loss - 1 (one view per sample) or 2 (the authors' REFINE code passes each transformed image
+    twice, as two identical "views", so every sample is also its own positive). For each anchor i with at
+    least one positive p (same label, p != i): -1/|P(i)| · Σ_p log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) ),
+    averaged over those anchors; 0 (with a graph) when no anchor has a positive. No host synchronisation.
     """
     z = F.normalize(features.flatten(1).float(), dim=1)
+    if views > 1:
+        z, labels = z.repeat(views, 1), labels.repeat(views)
     logits = z @ z.t() / temperature
     n = len(labels)
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
@@ -21,10 +25,9 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     positives = (labels[:, None] == labels[None, :]) & ~self_mask
     count = positives.sum(1)
     has_pos = count > 0
-    if not has_pos.any():
-        return features.sum() * 0.0
-    mean_log_prob_pos = log_prob.masked_fill(~positives, 0.0).sum(1)[has_pos] / count[has_pos]
-    return -mean_log_prob_pos.mean()
+    per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1) / count.clamp(min=1)
+    # mean over anchors with a positive, without asking the device whether there is one (a sync per step)
+    return -(per_anchor * has_pos).sum() / has_pos.sum().clamp(min=1)
 
 
 def remapped_loss(remapped_logits: torch.Tensor, pseudo_labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:

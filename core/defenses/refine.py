@@ -27,20 +27,11 @@ from ..errors import UserError
 from ..metrics import ba_asr, predict
 from ..models import Classifier, UNet
 from ..seeding import generator
-from ..train import EpochState, LossGuard, autocast, lr_factor, make_optimizer, set_lr
+from ..train import EpochState, LossGuard, autocast, lr_factor, make_optimizer, set_lr, try_compiled
 from .losses import remapped_loss, supcon_loss
 from .remap import LabelRemap, random_derangement
 
 DEFENDED_FORMAT = "refine-toolkit/defended-v1"
-
-
-def is_compile_failure(err: BaseException) -> bool:
-    """True for an error of torch.compile's tracer or code generator (classes of ``torch._dynamo`` and
-    ``torch._inductor``, e.g. no C++ compiler on the machine), after which eager mode can go on. Out of
-    memory and errors of the model itself are not: hiding them would hide a real problem."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return False
-    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 class DefendedModel(nn.Module):
@@ -87,10 +78,13 @@ class REFINE:
 
     ``loss``: 'ce' (paper) or 'bce' (authors' code). ``lam``: weight λ of the supervised contrastive
     term (0 disables it: ablation "w/o SCL"). ``remap=False``: identity mapping (ablation "w/o HRF").
+    ``supcon_views``: 2 passes each transformed image twice to SupCon, as the authors' code; 1 once.
+    ``pseudo_fp32``: pseudo-labels from an fp32 forward pass even when ``amp`` runs the rest in bf16.
     """
 
     def __init__(self, unet: UNet, model: Classifier, num_classes: int, seed: int = 0, loss: str = "ce",
-                 lam: float = 0.1, temperature: float = 0.07, remap: bool = True, device="cpu", amp: bool = True):
+                 lam: float = 0.1, temperature: float = 0.07, remap: bool = True, device="cpu", amp: bool = True,
+                 supcon_views: int = 2, pseudo_fp32: bool = False):
         if loss not in ("ce", "bce"):
             raise UserError(f"unknown loss {loss!r}; choose ce or bce")
         self.device = torch.device(device)
@@ -102,6 +96,7 @@ class REFINE:
         perm = random_derangement(num_classes, generator(seed, "label-mapping")) if remap else torch.arange(num_classes)
         self.remap = LabelRemap(perm).to(self.device)
         self.loss, self.lam, self.temperature, self.amp, self.seed = loss, lam, temperature, amp, seed
+        self.supcon_views, self.pseudo_fp32 = supcon_views, pseudo_fp32
 
     # -- inference --------------------------------------------------------------------------------
     def defended_model(self) -> DefendedModel:
@@ -140,7 +135,7 @@ class REFINE:
         unet = self.unet if unet is None else unet
         model = self.model if model is None else model
         if pseudo is None:
-            with torch.no_grad(), autocast(self.device, self.amp):
+            with torch.no_grad(), autocast(self.device, self.amp and not self.pseudo_fp32):
                 pseudo = model(x).argmax(1)  # ȳ: the defender never sees true labels
         with autocast(self.device, self.amp):
             transformed = unet(x)
@@ -149,7 +144,7 @@ class REFINE:
         total = cls
         parts = {"cls": cls.detach()}
         if self.lam > 0:
-            con = supcon_loss(transformed, pseudo, self.temperature)
+            con = supcon_loss(transformed, pseudo, self.temperature, self.supcon_views)
             total = total + self.lam * con
             parts["supcon"] = con.detach()
         parts["agree"] = (remapped.argmax(1) == pseudo).float().mean().detach()
@@ -165,7 +160,7 @@ class REFINE:
     def train(self, images: torch.Tensor, *, epochs: int = 150, batch_size: int = 256, lr: float = 0.01,
               optimizer: str = "SGD", momentum: float = 0.9, weight_decay: float = 5e-4,
               schedule: str = "multistep", milestones=(100, 130), gamma: float = 0.8, augment: str = "refine",
-              pseudo_labels: str = "augmented", compile: bool = False,
+              pseudo_labels: str = "augmented", compile: bool = False, fused: bool = False,
               state_path=None, fingerprint: dict | None = None, evaluate: Callable[[int], dict] | None = None,
               eval_every: int = 10, log: Callable[[str], None] = print) -> UNet:
         """Trains T on unlabeled uint8 images N×C×H×W (labels are never used).
@@ -173,14 +168,15 @@ class REFINE:
         ``pseudo_labels``: 'augmented' takes ȳ = argmax F(x) of each augmented batch (the authors' code);
         'clean' computes ȳ once from the un-augmented images (F is frozen, so they never change) and saves
         one forward pass of F per step. ``compile``: run T and F through ``torch.compile`` on full batches
-        (falls back to eager mode, with a warning, where compilation fails). Resumable through
+        (falls back to eager mode, with a warning, where compilation fails); ``fused``: fused optimizer
+        kernels on CUDA. Resumable through
         ``state_path`` like :func:`core.train.train_classifier`; ``evaluate(epoch)`` runs every
         ``eval_every`` epochs and after the last. A non-finite loss raises ``DivergedError`` and keeps the
         state of the last good epoch (:class:`core.train.LossGuard`).
         """
         if pseudo_labels not in ("augmented", "clean"):
             raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
-        opt = make_optimizer(self.unet.parameters(), optimizer, lr, momentum, weight_decay)
+        opt = make_optimizer(self.unet.parameters(), optimizer, lr, momentum, weight_decay, fused=fused)
         state = EpochState(state_path, {"unet": self.unet}, opt, fingerprint or {}) if state_path else None
         start = state.load() if state else 0
         if start:
@@ -211,15 +207,8 @@ class REFINE:
                 pseudo = y if pseudo_labels == "clean" else None
                 # the last, smaller batch runs eagerly: a second compilation for its shape would cost more
                 if fast and len(x) == batch_size:
-                    try:  # forward and backward: the compiled backward graph is built at the first backward
-                        loss, parts = self._backward(opt, x, pseudo, **fast)
-                    except Exception as err:  # noqa: BLE001 - re-raised below unless the compiler failed
-                        if not is_compile_failure(err):
-                            raise
-                        log(f"warning: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                            f"training continues without it")
-                        fast = {}
-                        loss, parts = self._backward(opt, x, pseudo)
+                    (loss, parts), fast = try_compiled(lambda mods: self._backward(opt, x, pseudo, **mods), fast, {},
+                                                       log)
                 else:
                     loss, parts = self._backward(opt, x, pseudo)
                 opt.step()
@@ -227,7 +216,7 @@ class REFINE:
                 seen += len(x)
                 for k, v in {"loss": loss.detach(), **parts}.items():
                     sums[k] = sums.get(k, 0) + v * len(x)
-                if step % 10 == 0:
+                if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
                     bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
             guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
             means = {k: (v / seen).item() for k, v in sums.items()}

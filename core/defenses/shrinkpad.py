@@ -1,0 +1,79 @@
+"""ShrinkPad (Li et al., 2021, "Backdoor attack in the physical world"): a pre-processing defense.
+
+Every input image is shrunk by ``pad_size`` pixels per side length (bilinear resize to
+(H − pad_size)×(W − pad_size)) and zero-padded back to H×W at a random position: the left and top
+padding are drawn independently, uniformly in 0..pad_size, the right and bottom padding take the rest.
+A trigger learned at a fixed place and scale then lands elsewhere and smaller, which breaks many
+patch-type backdoors while the benign content survives. The defense is the randomness itself, so it
+stays random in eval mode (pass a seeded ``torch.Generator`` for reproducible runs).
+
+Unlike BackdoorBox's ``RandomChoice`` of pads (one offset per call, shared by the whole batch), the
+offsets here are drawn per image, as in the paper's per-sample pre-processing, and the whole batch is
+transformed with one ``interpolate`` and one gather on the images' device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+
+def check_pad_size(pad_size: int, height: int | None = None, width: int | None = None) -> None:
+    """Raises :class:`UserError` unless ``pad_size`` is an int in 0..min(height, width) − 1 (0.. when no size)."""
+    side = None if height is None else min(height, width if width is not None else height)
+    allowed = "0..(image side − 1)" if side is None else f"0..{side - 1}"
+    where = "" if side is None else f" for {height}×{width} images"
+    if isinstance(pad_size, bool) or not isinstance(pad_size, int):
+        raise UserError(f"ShrinkPad pad size must be an integer in {allowed}{where}, got {pad_size!r}")
+    if pad_size < 0 or (side is not None and pad_size >= side):
+        raise UserError(f"ShrinkPad pad size must be in {allowed}{where}, got {pad_size}")
+
+
+def shrink_pad(x: torch.Tensor, pad_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ShrinkPad of a batch: float N×C×H×W in [0, 1] -> float N×C×H×W in [0, 1].
+
+    ``generator``: a ``torch.Generator`` on ``x``'s device for the offsets (None: the global RNG).
+    ``pad_size`` 0 returns ``x`` itself (no resize, no copy).
+    """
+    n, _, height, width = x.shape
+    check_pad_size(pad_size, height, width)
+    if pad_size == 0:
+        return x
+    # torchvision's Resize on tensors (BackdoorBox's ShrinkPad) is bilinear with antialiasing; antialias keeps a
+    # shrunk thin trigger line from aliasing away and is a convex combination, so [0, 1] stays [0, 1]
+    shrunk = F.interpolate(x, size=(height - pad_size, width - pad_size), mode="bilinear", align_corners=False,
+                           antialias=True)
+    top = torch.randint(0, pad_size + 1, (n,), device=x.device, generator=generator)
+    left = torch.randint(0, pad_size + 1, (n,), device=x.device, generator=generator)
+    # Gather instead of scatter: pad the shrunk image by pad_size on every side, then output pixel (r, c) of
+    # image i reads padded pixel (r − top_i + pad_size, c − left_i + pad_size): the shrunk image lands at
+    # (top_i, left_i) and everything around it reads the zero border. One indexing op for the whole batch.
+    padded = F.pad(shrunk, (pad_size,) * 4)
+    rows = (pad_size - top)[:, None] + torch.arange(height, device=x.device)  # N×H, in 0..H+pad−1
+    cols = (pad_size - left)[:, None] + torch.arange(width, device=x.device)  # N×W
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    return out.clamp_(0, 1)  # resampling weights sum to 1 only up to rounding
+
+
+class ShrinkPad(nn.Module):
+    """Input transform module: ``forward(x)`` = :func:`shrink_pad` (N×C×H×W, float in [0, 1] in and out).
+
+    ``generator``: default ``torch.Generator`` for the random offsets (on the images' device); ``forward``
+    may be given another one. Random in train and eval mode alike. Put it in front of a classifier with
+    ``nn.Sequential(ShrinkPad(pad_size), model)``.
+    """
+
+    def __init__(self, pad_size: int, generator: torch.Generator | None = None):
+        super().__init__()
+        check_pad_size(pad_size)  # the upper bound needs the image size: checked again in forward
+        self.pad_size, self.generator = pad_size, generator
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return shrink_pad(x, self.pad_size, generator if generator is not None else self.generator)
+
+    def extra_repr(self) -> str:
+        return f"pad_size={self.pad_size}"
