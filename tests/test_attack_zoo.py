@@ -170,7 +170,9 @@ def test_wanet_grid_size_defaults_to_the_image_size_and_is_recorded():
 
 # -- 4. PhysicalBA ----------------------------------------------------------------------------------------
 
-def test_physical_transformations_touch_payload_samples_only():
+def test_physical_transformations_touch_every_training_sample():
+    # every sample, poisoned or not, as BackdoorBox's PhysicalBA: transforming the poisoned ones only lets the
+    # black border of the down-scaled images, not the patch, become the backdoor (measured: ASR 2 %)
     attack = PhysicalBA(seed=0)
     x = random_float_images(8)
     original = x.clone()
@@ -178,14 +180,9 @@ def test_physical_transformations_touch_payload_samples_only():
     out = attack.train_hook(x, roles, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, original)  # the batch is not modified in place
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    payload = roles == PAYLOAD
-    assert torch.equal(out[~payload], x[~payload])
-    assert ((out[payload] - x[payload]).abs().flatten(1).amax(1) > 0.1).all()
-    again = attack.train_hook(x, roles, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)  # the draws come from the generator only
-    no_payload = roles.clone()
-    no_payload[payload] = CLEAN
-    assert torch.equal(attack.train_hook(x, no_payload), x)
+    assert ((out - x).abs().flatten(1).amax(1) > 0.1).all()
+    again = attack.train_hook(x, torch.zeros_like(roles), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # the same for any roles; the draws come from the generator only
 
 
 def test_physical_test_trigger_is_the_badnets_trigger(synthetic):

@@ -1,0 +1,780 @@
+"""BTI-DBF (Xu et al., ICLR 2024): backdoor trigger inversion by decoupling benign features.
+
+The defender holds a small labelled benign set (5 % of the training set in the paper) and the possibly
+backdoored classifier f = h ∘ f_b, where f_b is the backbone up to its last convolutional stage and h the
+rest (pooling + linear head). Everything below runs in the model's *normalized* input space, as in the
+authors' code: images x in [0, 1] are normalized once (``model.normalize``) and the generators map
+normalized images to normalized images, without clamping.
+
+1. Decoupling benign features (:func:`decouple_mask`): a soft mask m = tanh(w)/2 + 0.5 over f_b's output
+   (C×h×w) such that the masked features m⊙f_b(x) keep the benign prediction and the complement
+   (1−m)⊙f_b(x) loses it (:func:`decoupling_loss`).
+2. Trigger inversion (:func:`pretrain_generator`, :func:`train_generator`): a UNet G, first trained toward
+   the identity, then trained so that G(x) stays close to x and keeps the benign features m⊙f_b(x) while
+   moving the others, (1−m)⊙f_b(x), as far as it can: G(x) are the "inverted poisoned images".
+3. Target detection (:func:`detect_target`): majority vote of f(G(x + noise)) over the defender's data.
+   Steps 1–3 alone: :func:`invert_trigger`.
+4. BTI-DBF(U) (:func:`bti_dbf_unlearn`): rounds of (a fresh mask, G trained further, fine-tuning of a copy
+   of the model so that G(x) is classified as y and keeps the features of x).
+5. BTI-DBF(P) (:func:`bti_dbf_purify`): rounds of (a fresh mask, G trained further against the current
+   purifier, a purification UNet P trained to map x and G(x) back to x); the deployable defense is the
+   original model behind a :class:`Purifier`.
+
+Only the toolkit's CIFAR ResNets (:class:`core.models.resnet.ResNet`: ResNet18/34/50) have the split
+f = h ∘ f_b implemented (:func:`features`, :func:`head`); other architectures raise a :class:`UserError`.
+
+Deviations from the authors' code (github.com/xuxiong0214/BTIDBF), each for a stated reason:
+
+* The given model is never modified: (U) fine-tunes a deep copy; every other phase runs on a frozen copy.
+  The authors leave the classifier in training mode while the mask is learned, so its BatchNorm running
+  statistics drift on the defender's data and f_b(x) depends on the batch; here it stays in eval mode.
+* Identity pre-training: the authors compute ``CE(softmax(f(x)), softmax(f(G(x))))``: probabilities used
+  as logits, and the prediction on G(x) (with its gradient) as the target. Here it is the cross-entropy of
+  f(G(x))'s logits against the soft target softmax(f(x)) (detached): what the term is meant to be.
+* The target vote runs on the un-augmented images (the authors vote on their augmented training loader).
+* (U): the clean anchor f_b(x) of the feature term is detached (see :func:`unlearning_loss`).
+* The authors' optional early stop of the rounds (``--earlystop``: stop when the vote changes) is left out.
+* (P) follows the authors' ``btidbfp.py`` (P starts as a copy of the identity-pre-trained G; 10 % + 1 of each
+  batch replaced by G(x), noise 0.03, loss CE + feature MSE + pixel MSE weighted 100 above 0.05, else 1; G
+  trained through P from round 2 on), not the shorter recipe CE(f(P(x)), y) + CE(f(P(G(x))), y) + MSE(P(x), x).
+  P is trained in normalized space without the [0, 1] clamp that :class:`Purifier` applies when deployed.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..augment import random_crop_flip
+from ..data import Split, iterate_batches, memory_format
+from ..errors import UserError
+from ..models import Classifier, Normalize
+from ..models.resnet import ResNet
+from ..seeding import derive_seed, generator
+from ..train import LossGuard, autocast, make_optimizer, resolve_device
+
+SUPPORTED_MODELS = "the toolkit's CIFAR ResNets (ResNet18, ResNet34, ResNet50)"
+
+
+@dataclass
+class BTIDBFConfig:
+    """Hyper-parameters of BTI-DBF; defaults are the authors' CIFAR-10 values.
+
+    Epoch counts are passes over the defender's data; every optimizer is Adam without weight decay.
+    """
+
+    batch_size: int = 128
+    augment: bool = True  # random crop (zero padding ``crop_padding``) + horizontal flip on every batch
+    crop_padding: int = 4
+    # (1) decoupling benign features
+    mask_epochs: int = 20
+    mask_lr: float = 0.01
+    # (2) the generators (trigger G and purifier P): UNet width and depth
+    generator_channels: int = 32
+    generator_blocks: int = 4  # encoder blocks, each halving the resolution: at most log2(image side) − 1
+    # identity pre-training of G
+    pretrain_epochs: int = 50
+    pretrain_lr: float = 1e-3
+    pretrain_pixel_bound: float = 0.1  # pixel MSE above this: weight ``pretrain_pixel_high``, else ``..._low``
+    pretrain_pixel_high: float = 100.0
+    pretrain_pixel_low: float = 0.01
+    # inversion
+    inversion_epochs: int = 30
+    generator_lr: float = 1e-3
+    norm_bound: float = 0.3  # L_norm above this, or L_ben above ``ben_bound``: the step minimises L_norm only
+    ben_bound: float = 3.0
+    ben_weight: float = 0.01  # the loss otherwise: −L_bd + ben_weight · L_ben
+    target_weight: float = 1.0  # (U) and (P), rounds ≥ 2: + target_weight · CE(f(G(x)), detected target)
+    # (3) target detection
+    vote_noise: float = 0.03  # std of the Gaussian noise added (in normalized space) before G in the vote
+    # (4) BTI-DBF(U) and (5) BTI-DBF(P)
+    rounds: int = 5
+    mix_fraction: float = 0.1  # int(mix_fraction · batch + mix_extra) images of each batch are replaced by G(x)
+    mix_extra: int = 1
+    # (4) BTI-DBF(U)
+    unlearn_epochs: int = 30
+    unlearn_lr: float = 1e-4
+    unlearn_feature_weight: float = 1.0  # weight of MSE(f_b(x_mix), f_b(x))
+    # (5) BTI-DBF(P)
+    purify_epochs: int = 30
+    purify_lr: float = 1e-3
+    purify_noise: float = 0.03  # std of the Gaussian noise added (normalized space) to P's training input
+    purify_norm_bound: float = 0.05  # pixel MSE above this: weight ``purify_pixel_high``, else ``..._low``
+    purify_pixel_high: float = 100.0
+    purify_pixel_low: float = 1.0
+    purify_feature_weight: float = 1.0  # weight of MSE(f_b(P(x̃)), f_b(x))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the split f = h ∘ f_b ------------------------------------------------------------------------------
+def _resnet(model: nn.Module) -> ResNet:
+    net = getattr(model, "net", None)
+    if not isinstance(model, Classifier) or not isinstance(net, ResNet):
+        name = getattr(model, "spec", {}).get("model", type(net if net is not None else model).__name__)
+        raise UserError(f"BTI-DBF needs the feature/head split of the backbone, implemented for "
+                        f"{SUPPORTED_MODELS}; got {name}")
+    return net
+
+
+def features(model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
+    """f_b: normalized images N×3×H×W -> output of the last convolutional stage (``layer4``).
+
+    N×(8·width·expansion)×H/8×W/8, e.g. N×512×4×4 for a width-64 ResNet-18 on 32×32 images.
+    """
+    net = _resnet(model)
+    out = F.relu(net.bn1(net.conv1(x_normalized)))
+    return net.layer4(net.layer3(net.layer2(net.layer1(out))))
+
+
+def head(model: Classifier, feats: torch.Tensor) -> torch.Tensor:
+    """h: features N×C×h×w (as :func:`features` gives) -> logits N×num_classes (avg-pool, flatten, linear)."""
+    net = _resnet(model)
+    return net.linear(torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1))
+
+
+def feature_shape(model: Classifier, image_shape) -> tuple[int, int, int]:
+    """C×h×w of f_b for images of shape (C, H, W)."""
+    with _frozen(model), torch.no_grad():
+        probe = torch.zeros(1, *image_shape, device=_device_of(model))
+        return tuple(features(model, probe).shape[1:])
+
+
+# -- the generators ------------------------------------------------------------------------------------
+def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
+    """2 × (3×3 convolution, InstanceNorm with affine parameters, LeakyReLU 0.01)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.InstanceNorm2d(out_ch, affine=True), nn.LeakyReLU(0.01),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.InstanceNorm2d(out_ch, affine=True), nn.LeakyReLU(0.01),
+    )
+
+
+class GeneratorUNet(nn.Module):
+    """BTI-DBF's trigger generator G (and purifier P): normalized images -> normalized images, same shape.
+
+    The topology of the authors' UNet (``base_filter_num=32, num_blocks=4``): ``blocks`` encoder blocks of
+    widths c, 2c, 4c, ... (c = ``channels``, capped at 512), each followed by a 2×2 max-pool; a bottleneck
+    block of twice the last width; ``blocks`` decoder stages, each a 3×3 stride-2 transposed convolution
+    (same width) + LeakyReLU, concatenation with the encoder output of that resolution, and a block.
+    Blocks: 2 × (3×3 conv, InstanceNorm, LeakyReLU). A 1×1 convolution gives the output, with no activation
+    (outputs live in normalized image space, unbounded). Instance normalization keeps no running statistics,
+    so training and eval modes compute the same function.
+
+    Input N×3×H×W with H, W ≥ 2^(blocks+1): the bottleneck runs at H/2^blocks and its instance normalization
+    needs more than one pixel (32×32 CIFAR images: blocks ≤ 4; 16×16: blocks ≤ 3). Sizes that are not
+    multiples of 2^blocks are padded back to each skip connection's size.
+    """
+
+    def __init__(self, channels: int = 32, blocks: int = 4, in_channels: int = 3, out_channels: int = 3):
+        super().__init__()
+        if blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {blocks}")
+        widths = [min(channels * 2 ** i, 512) for i in range(blocks)]
+        self.channels, self.blocks = channels, blocks
+        self.encoders = nn.ModuleList()
+        previous = in_channels
+        for width in widths:
+            self.encoders.append(_conv_block(previous, width))
+            previous = width
+        self.bottleneck = _conv_block(previous, 2 * previous)
+        previous *= 2
+        self.upsamples, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for width in reversed(widths):
+            self.upsamples.append(nn.Sequential(
+                nn.ConvTranspose2d(previous, previous, 3, stride=2, padding=1, output_padding=1), nn.LeakyReLU(0.01)))
+            self.decoders.append(_conv_block(previous + width, width))
+            previous = width
+        self.out = nn.Conv2d(previous, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: N×in_channels×H×W (normalized images) -> N×out_channels×H×W."""
+        if min(x.shape[2:]) < 2 ** (self.blocks + 1):
+            raise UserError(f"BTI-DBF's generator with {self.blocks} blocks needs images of at least "
+                            f"{2 ** (self.blocks + 1)}×{2 ** (self.blocks + 1)} pixels, got "
+                            f"{x.shape[2]}×{x.shape[3]}; use fewer generator blocks")
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for upsample, decoder in zip(self.upsamples, self.decoders):
+            skip = skips.pop()
+            x = upsample(x)
+            dy, dx = skip.shape[2] - x.shape[2], skip.shape[3] - x.shape[3]
+            if dy or dx:
+                x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+            x = decoder(torch.cat([x, skip], dim=1))
+        return self.out(x)
+
+
+def build_generator(cfg: BTIDBFConfig | None = None, seed: int = 0, tag: str = "trigger") -> GeneratorUNet:
+    """A freshly initialised :class:`GeneratorUNet` (CPU) of ``cfg``'s size, its weights drawn from ``seed``
+    and ``tag`` only (the global random state is left as it was)."""
+    cfg = cfg or BTIDBFConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "bti-dbf-generator-init", tag))
+        return GeneratorUNet(cfg.generator_channels, cfg.generator_blocks)
+
+
+class Purifier(nn.Module):
+    """BTI-DBF(P)'s input purification as an image transform: [0, 1] images N×C×H×W -> [0, 1] images of the
+    same shape.
+
+    ``unet`` works in the classifier's normalized space: the input is normalized with (``mean``, ``std``),
+    passed through ``unet``, mapped back to pixel space and clamped to [0, 1]. The defended model is
+    ``model(purifier(x))`` with the original, unmodified ``model``.
+    """
+
+    def __init__(self, unet: nn.Module, mean=None, std=None):
+        super().__init__()
+        self.unet = unet
+        self.normalize = Normalize(mean, std)
+        self.normalization = {"mean": list(mean) if mean is not None else None,
+                              "std": list(std) if std is not None else None}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.unet(self.normalize(x))
+        if self.normalize.enabled:
+            out = out * self.normalize.std + self.normalize.mean
+        return out.clamp(0, 1)
+
+
+# -- shared machinery ----------------------------------------------------------------------------------
+class _frozen:
+    """Context: ``module`` in eval mode with ``requires_grad`` off, both restored on exit. A frozen model's
+    weights are not written and its BatchNorm layers use, and do not update, their running statistics;
+    gradients still flow through it to its input."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.module.modules()]
+        self.grads = [(p, p.requires_grad) for p in self.module.parameters()]
+        self.module.eval()
+        self.module.requires_grad_(False)
+        return self.module
+
+    def __exit__(self, *exc):
+        for m, mode in self.modes:
+            m.training = mode
+        for p, flag in self.grads:
+            p.requires_grad_(flag)
+        return False
+
+
+def _frozen_copy(model: Classifier, device: torch.device) -> Classifier:
+    """A deep copy of ``model`` on ``device``, in eval mode, without gradients to its parameters."""
+    _resnet(model)
+    frozen = copy.deepcopy(model).to(device).to(memory_format=memory_format(device)).eval()
+    frozen.requires_grad_(False)
+    return frozen
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _on_device(data: Split, device: torch.device) -> Split:
+    return Split(data.images.to(device), data.labels.to(device), data.classes, data.source)
+
+
+def _adam(params, lr: float):
+    return make_optimizer(params, "adam", lr, weight_decay=0.0)
+
+
+def _batches(data: Split, cfg: BTIDBFConfig, device: torch.device, seed: int, *tags):
+    """Shuffled (augmented) batches ``(x in [0, 1] N×C×H×W, y int64 N)`` on ``device``; the shuffle and
+    the augmentation draw from streams of ``seed`` and ``tags`` (each phase, round and epoch its own)."""
+    shuffle = generator(seed, "bti-dbf", *tags, "shuffle")
+    aug_gen = generator(seed, "bti-dbf", *tags, "augment", device=device)
+    layout = memory_format(device)
+    for x, y in iterate_batches(data.images, data.labels, cfg.batch_size, device, shuffle=True, generator=shuffle):
+        if cfg.augment:
+            x = random_crop_flip(x, cfg.crop_padding, generator=aug_gen)
+        yield x.contiguous(memory_format=layout), y
+
+
+def _run_epochs(name: str, epochs: int, step: Callable, data: Split, cfg: BTIDBFConfig, device: torch.device,
+                seed: int, tags: tuple, log: Callable[[str], None], hint: str) -> dict[str, float]:
+    """Runs ``step(x, y) -> (loss, parts)`` (which does its own backward and optimizer step) over ``epochs``
+    passes of ``data``; stops on a non-finite loss (:class:`LossGuard`). Logs one line; returns the mean of
+    each part over the last epoch."""
+    guard = LossGuard(hint=hint)
+    means: dict[str, float] = {}
+    bar = tqdm(range(epochs), desc=f"BTI-DBF {name}", leave=False, dynamic_ncols=True, disable=None)
+    for epoch in bar:
+        guard.start_epoch(epoch, device)
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        for i, (x, y) in enumerate(_batches(data, cfg, device, seed, *tags, epoch)):
+            loss, parts = step(x, y)
+            guard.update(loss, i)
+            seen += len(y)
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
+        guard.check()
+        means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
+        bar.set_postfix(loss=f"{means.get('loss', math.nan):.4f}")
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+    log(f"BTI-DBF {name}: {epochs} epochs" + (f", last epoch: {summary}" if summary else ""))
+    return means
+
+
+def _weighted(value: torch.Tensor, bound: float, high: float, low: float) -> torch.Tensor:
+    """``high · value`` where value > bound, else ``low · value`` (no host synchronisation)."""
+    return torch.where(value > bound, high, low) * value
+
+
+def _check_rounds(cfg: BTIDBFConfig, name: str) -> None:
+    if cfg.rounds < 1:
+        raise UserError(f"{name} needs at least one round, got rounds={cfg.rounds}")
+
+
+def mix_count(batch: int, cfg: BTIDBFConfig) -> int:
+    """How many images of a batch of ``batch`` are replaced by G(x): int(mix_fraction · batch + mix_extra),
+    at most the batch (13 of 128 with the defaults)."""
+    return min(batch, int(cfg.mix_fraction * batch + cfg.mix_extra))
+
+
+def _mix(xn: torch.Tensor, gen: nn.Module, cfg: BTIDBFConfig, mix_gen: torch.Generator) -> torch.Tensor:
+    """``xn`` (normalized N×C×H×W) with :func:`mix_count` rows at random positions replaced by G(x) (no grad)."""
+    picks = torch.randperm(len(xn), generator=mix_gen, device=xn.device)[:mix_count(len(xn), cfg)]
+    with torch.no_grad():
+        inverted = gen(xn[picks]).to(xn.dtype)
+    return xn.index_copy(0, picks, inverted)
+
+
+# -- (1) decoupling benign features -----------------------------------------------------------------------
+def mask_from_logits(w: torch.Tensor) -> torch.Tensor:
+    """m = tanh(w)/2 + 0.5: unconstrained logits (any shape) -> a soft mask in [0, 1] of the same shape."""
+    return torch.tanh(w) / 2 + 0.5
+
+
+def decoupling_loss(model: Classifier, mask: torch.Tensor, feats: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict]:
+    """L_m = CE(h(m⊙f_b(x)), y) − CE(h((1−m)⊙f_b(x)), y), and its two parts.
+
+    ``mask``: C×h×w in [0, 1]; ``feats``: f_b(x), N×C×h×w; ``y``: int64 N.
+    """
+    kept = F.cross_entropy(head(model, mask * feats).float(), y)
+    removed = F.cross_entropy(head(model, (1 - mask) * feats).float(), y)
+    return kept - removed, {"ce_benign": kept.detach(), "ce_complement": removed.detach()}
+
+
+def decouple_mask(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, seed: int = 0, tag=0,
+                  init_logits: torch.Tensor | None = None, amp: bool = True,
+                  log: Callable[[str], None] = print) -> torch.Tensor:
+    """Learns the benign-feature mask m: returns it detached, C×h×w with values in [0, 1], on ``model``'s device.
+
+    ``model``: a :class:`Classifier` with a supported backbone, used frozen (eval mode; no change to its
+    weights or BatchNorm statistics; its modes are restored afterwards). ``data``: the defender's labelled
+    benign images (uint8 N×C×H×W, int64 N). ``tag``: distinguishes the random streams of repeated calls
+    (rounds). ``init_logits``: w at the start (default: standard normal, drawn from ``seed`` and ``tag``).
+    Adam (``cfg.mask_lr``) for ``cfg.mask_epochs`` epochs on :func:`decoupling_loss`.
+    """
+    cfg = cfg or BTIDBFConfig()
+    device = _device_of(model)
+    data = _on_device(data, device)
+    shape = feature_shape(model, data.images.shape[1:])
+    if init_logits is None:
+        init_logits = torch.randn(shape, generator=generator(seed, "bti-dbf-mask-init", tag))
+    w = init_logits.detach().clone().float().to(device).requires_grad_(True)
+    opt = _adam([w], cfg.mask_lr)
+
+    # The authors keep the classifier in training mode here; it stays frozen in eval mode instead (see the
+    # module docstring), so f_b(x) are the features the deployed model computes.
+    def step(x, y):
+        with torch.no_grad(), autocast(device, amp):
+            feats = features(model, model.normalize(x)).float()  # f_b does not depend on m: no graph needed
+        with autocast(device, amp):
+            loss, parts = decoupling_loss(model, mask_from_logits(w), feats, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), parts
+
+    with _frozen(model):
+        _run_epochs(f"decoupling mask ({tag})", cfg.mask_epochs, step, data, cfg, device, seed, ("mask", tag),
+                    log, "lower the mask learning rate")
+    return mask_from_logits(w.detach())
+
+
+# -- (2) the trigger generator ----------------------------------------------------------------------------
+def pretrain_loss(logits_x: torch.Tensor, logits_g: torch.Tensor, feats_x: torch.Tensor, feats_g: torch.Tensor,
+                  x: torch.Tensor, g: torch.Tensor, cfg: BTIDBFConfig) -> tuple[torch.Tensor, dict]:
+    """Identity pre-training loss of G on one batch (normalized space; x: N×C×H×W, g = G(x)):
+
+    CE(f(G(x)), softmax(f(x))) + MSE(f_b(G(x)), f_b(x)) + w · MSE(G(x), x), with w = ``cfg.pretrain_pixel_high``
+    while the pixel MSE is above ``cfg.pretrain_pixel_bound`` and ``cfg.pretrain_pixel_low`` otherwise.
+    ``logits_x``/``feats_x`` (of x) are targets and are detached here.
+    """
+    soft = logits_x.detach().float().softmax(1)
+    l_pred = F.cross_entropy(logits_g.float(), soft)
+    l_feat = F.mse_loss(feats_g.float(), feats_x.detach().float())
+    l_pix = F.mse_loss(g.float(), x.float())
+    loss = l_pred + l_feat + _weighted(l_pix, cfg.pretrain_pixel_bound, cfg.pretrain_pixel_high, cfg.pretrain_pixel_low)
+    return loss, {"pred": l_pred.detach(), "feat": l_feat.detach(), "pixel": l_pix.detach()}
+
+
+def pretrain_generator(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFConfig | None = None, *,
+                       seed: int = 0, amp: bool = True, log: Callable[[str], None] = print) -> nn.Module:
+    """Trains ``gen`` (in place, moved to ``model``'s device) toward the identity: Adam ``cfg.pretrain_lr``,
+    ``cfg.pretrain_epochs`` epochs of :func:`pretrain_loss`. ``model`` is used frozen. Returns ``gen``."""
+    cfg = cfg or BTIDBFConfig()
+    device = _device_of(model)
+    data = _on_device(data, device)
+    gen.to(device).to(memory_format=memory_format(device)).train()
+    opt = _adam(gen.parameters(), cfg.pretrain_lr)
+
+    def step(x, y):
+        xn = model.normalize(x)
+        with torch.no_grad(), autocast(device, amp):
+            feats_x = features(model, xn)
+            logits_x = head(model, feats_x)
+        with autocast(device, amp):
+            g = gen(xn)
+            feats_g = features(model, g)
+            logits_g = head(model, feats_g)
+        loss, parts = pretrain_loss(logits_x, logits_g, feats_x, feats_g, xn, g, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), parts
+
+    with _frozen(model):
+        _run_epochs("generator pre-training (identity)", cfg.pretrain_epochs, step, data, cfg, device, seed,
+                    ("pretrain",), log, "lower the pre-training learning rate")
+    gen.eval()
+    return gen
+
+
+def inversion_loss(l_norm: torch.Tensor, l_ben: torch.Tensor, l_bd: torch.Tensor, norm_bound: float = 0.3,
+                   ben_bound: float = 3.0, ben_weight: float = 0.01) -> torch.Tensor:
+    """The inversion objective of one step, switched without host synchronisation (``torch.where``).
+
+    If L_norm > ``norm_bound`` or L_ben > ``ben_bound`` (strictly): L_norm alone (bring G(x) back near x);
+    otherwise −L_bd + ``ben_weight`` · L_ben (move the backdoor features, keep the benign ones). Inputs are
+    tensors of one shape (scalars in training); the result has that shape, and gradient only through the
+    branch taken.
+    """
+    exceeded = (l_norm > norm_bound) | (l_ben > ben_bound)
+    return torch.where(exceeded, l_norm, -l_bd + ben_weight * l_ben)
+
+
+def train_generator(model: Classifier, gen: nn.Module, mask: torch.Tensor, data: Split,
+                    cfg: BTIDBFConfig | None = None, *, target: int | None = None, through: nn.Module | None = None,
+                    epochs: int | None = None, optimizer: torch.optim.Optimizer | None = None, seed: int = 0,
+                    tag=0, amp: bool = True, log: Callable[[str], None] = print) -> nn.Module:
+    """Trigger inversion: trains ``gen`` (in place, moved to ``model``'s device) against the frozen ``model``.
+
+    Per batch (normalized x; x̂ = G(x), or P(G(x)) with ``through`` = P, a frozen module applied after G):
+    L_ben = MSE(m⊙f_b(x̂), m⊙f_b(x)), L_bd = MSE((1−m)⊙f_b(x̂), (1−m)⊙f_b(x)), L_norm = MSE(x̂, x);
+    loss = :func:`inversion_loss`, plus ``cfg.target_weight`` · CE(f(x̂), ``target``) when ``target`` is given
+    ((U) and (P) from the second round on). ``mask``: C×h×w in [0, 1]. ``epochs``: default
+    ``cfg.inversion_epochs``. ``optimizer``: an optimizer over ``gen``'s parameters to continue with (default:
+    a new Adam, lr ``cfg.generator_lr``). ``tag``: the round, for distinct random streams. Returns ``gen``.
+    """
+    cfg = cfg or BTIDBFConfig()
+    device = _device_of(model)
+    data = _on_device(data, device)
+    epochs = cfg.inversion_epochs if epochs is None else epochs
+    gen.to(device).to(memory_format=memory_format(device)).train()
+    opt = optimizer or _adam(gen.parameters(), cfg.generator_lr)
+    m = mask.to(device).float()
+    post = through if through is not None else nn.Identity()
+
+    def step(x, y):
+        xn = model.normalize(x)
+        with torch.no_grad(), autocast(device, amp):
+            fx = features(model, xn).float()
+        with autocast(device, amp):
+            g = post(gen(xn))
+            fg = features(model, g)
+            logits_g = head(model, fg) if target is not None else None
+        fg = fg.float()
+        l_ben = F.mse_loss(m * fg, m * fx)
+        l_bd = F.mse_loss((1 - m) * fg, (1 - m) * fx)
+        l_norm = F.mse_loss(g.float(), xn)
+        loss = inversion_loss(l_norm, l_ben, l_bd, cfg.norm_bound, cfg.ben_bound, cfg.ben_weight)
+        parts = {"ben": l_ben.detach(), "bd": l_bd.detach(), "norm": l_norm.detach(),
+                 "norm_steps": ((l_norm > cfg.norm_bound) | (l_ben > cfg.ben_bound)).float()}
+        if target is not None:
+            l_target = F.cross_entropy(logits_g.float(), torch.full_like(y, target))
+            loss = loss + cfg.target_weight * l_target
+            parts["target_ce"] = l_target.detach()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), parts
+
+    with _frozen(model), _frozen(post):
+        _run_epochs(f"trigger inversion ({tag})", epochs, step, data, cfg, device, seed, ("invert", tag), log,
+                    "lower the generator learning rate")
+    gen.eval()
+    return gen
+
+
+# -- (3) target label detection ---------------------------------------------------------------------------
+def detect_target(model: Classifier, gen: nn.Module, data: Split, *, noise: float = 0.03, batch_size: int = 128,
+                  seed: int = 0, amp: bool = True) -> tuple[int, torch.Tensor]:
+    """Majority vote of argmax f(G(x + noise·ε)) over ``data``'s images (un-augmented; labels unused),
+    ε ~ N(0, 1) in normalized space, drawn from ``seed``. Runs on ``model``'s device under inference mode;
+    ``model`` and ``gen`` are used frozen.
+
+    Returns (target class, votes: int64 tensor of length num_classes on the CPU, summing to len(data)).
+    Ties go to the lowest class index.
+    """
+    device = _device_of(model)
+    noise_gen = generator(seed, "bti-dbf-vote-noise", device=device)
+    votes = None
+    with _frozen(model), _frozen(gen), torch.inference_mode():
+        for x, _ in iterate_batches(data.images, data.labels, batch_size, device):
+            xn = model.normalize(x.contiguous(memory_format=memory_format(device)))
+            eps = torch.randn(xn.shape, generator=noise_gen, device=device, dtype=xn.dtype)
+            with autocast(device, amp):
+                logits = head(model, features(model, gen(xn + noise * eps)))
+            counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1])
+            votes = counts if votes is None else votes + counts
+    if votes is None:
+        raise UserError("BTI-DBF's target vote needs at least one image")
+    votes = votes.cpu()
+    return int(votes.argmax()), votes
+
+
+def _vote(frozen, gen, data, cfg, seed, amp, log) -> tuple[int, torch.Tensor]:
+    target, votes = detect_target(frozen, gen, data, noise=cfg.vote_noise, batch_size=cfg.batch_size, seed=seed,
+                                  amp=amp)
+    log(f"BTI-DBF target vote: class {target} (votes per class {votes.tolist()})")
+    return target, votes
+
+
+def invert_trigger(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
+                   amp: bool = True, log: Callable[[str], None] = print) -> tuple[GeneratorUNet, torch.Tensor, dict]:
+    """BTI-DBF's trigger inversion on a frozen copy of ``model``: mask, identity pre-training, inversion, vote.
+
+    ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64 N). Returns (G in eval mode on
+    ``device``, mask C×h×w in [0, 1], info ``{'target': int, 'votes': int64 tensor (num_classes)}``).
+    ``model`` is not modified.
+    """
+    cfg = cfg or BTIDBFConfig()
+    device = resolve_device(device)
+    frozen = _frozen_copy(model, device)
+    data = _on_device(data, device)
+    log("BTI-DBF: trigger inversion")
+    mask = decouple_mask(frozen, data, cfg, seed=seed, tag=0, amp=amp, log=log)
+    gen = build_generator(cfg, seed)
+    pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
+    train_generator(frozen, gen, mask, data, cfg, seed=seed, tag=0, amp=amp, log=log)
+    target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
+    return gen, mask, {"target": target, "votes": votes}
+
+
+# -- (4) BTI-DBF(U): unlearning ------------------------------------------------------------------------------
+def unlearning_loss(logits_mix: torch.Tensor, feats_mix: torch.Tensor, feats_clean: torch.Tensor, y: torch.Tensor,
+                    feature_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """CE(f(x_mix), y) + ``feature_weight`` · MSE(f_b(x_mix), f_b(x)), with f_b(x) detached.
+
+    ``logits_mix``: N×K; ``feats_mix``/``feats_clean``: N×C×h×w; ``y``: the true labels, int64 N.
+    f_b(x) is the anchor: the term is meant to pull the features of the inverted poisoned images G(x) to
+    those of their clean sources. With a gradient through f_b(x) too (the authors' code) the clean features
+    are pulled just as much toward those of G(x), i.e. toward the backdoor features the step should remove.
+    """
+    l_ce = F.cross_entropy(logits_mix.float(), y)
+    l_feat = F.mse_loss(feats_mix.float(), feats_clean.detach().float())
+    return l_ce + feature_weight * l_feat, {"ce": l_ce.detach(), "feat": l_feat.detach()}
+
+
+def _unlearn_epochs(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFConfig, opt, *, seed: int, tag,
+                    amp: bool, log) -> dict[str, float]:
+    """Fine-tunes ``model`` in place (training mode, as the authors) for ``cfg.unlearn_epochs`` epochs of
+    :func:`unlearning_loss` with ``opt``; x_mix: :func:`_mix` of the batch with the frozen G."""
+    device = _device_of(model)
+    mix_gen = generator(seed, "bti-dbf-unlearn-mix", tag, device=device)
+
+    def step(x, y):
+        xn = model.normalize(x)
+        with autocast(device, amp):
+            x_mix = _mix(xn, gen, cfg, mix_gen)
+            # the anchor: same model and (training) mode as the mixed batch, so the unmixed rows match up to
+            # BatchNorm's batch statistics; no gradient (see unlearning_loss)
+            with torch.no_grad():
+                anchor = features(model, xn)
+            f_mix = features(model, x_mix)
+            logits = head(model, f_mix)
+        loss, parts = unlearning_loss(logits, f_mix, anchor, y, cfg.unlearn_feature_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), parts
+
+    model.train()
+    try:
+        with _frozen(gen):
+            return _run_epochs(f"unlearning ({tag})", cfg.unlearn_epochs, step, data, cfg, device, seed,
+                               ("unlearn", tag), log, "lower the unlearning learning rate")
+    finally:
+        model.eval()
+
+
+def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
+                    amp: bool = True, log: Callable[[str], None] = print) -> tuple[Classifier, dict]:
+    """BTI-DBF(U): returns (a repaired deep copy of ``model``, in eval mode on ``device``; info).
+
+    ``model``: a :class:`Classifier` (images in [0, 1]) with a supported backbone; never modified (weights,
+    BatchNorm buffers, modes). ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64 N).
+    ``cfg.rounds`` rounds, each on the current repaired model: a fresh mask (``cfg.mask_epochs``), G trained
+    further (``cfg.inversion_epochs``; from the second round on with the target term), then
+    ``cfg.unlearn_epochs`` epochs of fine-tuning (:func:`unlearning_loss`, Adam ``cfg.unlearn_lr``). G is
+    pre-trained toward the identity once, before the first round's inversion, and the target is voted after
+    it. As in the authors' code, one Adam for G and one for the model carry over all rounds.
+
+    info: ``{'target': int, 'votes': int64 tensor (num_classes), 'rounds': [last-epoch mean losses per round]}``.
+    """
+    cfg = cfg or BTIDBFConfig()
+    _check_rounds(cfg, "BTI-DBF(U)")
+    device = resolve_device(device)
+    _resnet(model)
+    data = _on_device(data, device)
+    repaired = copy.deepcopy(model).to(device).to(memory_format=memory_format(device))
+    repaired.requires_grad_(True)
+    opt_model = _adam(repaired.parameters(), cfg.unlearn_lr)
+    gen = build_generator(cfg, seed).to(device)
+    opt_gen = _adam(gen.parameters(), cfg.generator_lr)
+    target, votes, history = None, None, []
+    for r in range(cfg.rounds):
+        log(f"BTI-DBF(U) round {r + 1}/{cfg.rounds}")
+        frozen = _frozen_copy(repaired, device)
+        mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
+        if r == 0:
+            pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
+        train_generator(frozen, gen, mask, data, cfg, target=target, optimizer=opt_gen, seed=seed, tag=r, amp=amp,
+                        log=log)
+        if r == 0:
+            target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
+        del frozen
+        history.append(_unlearn_epochs(repaired, gen, data, cfg, opt_model, seed=seed, tag=r, amp=amp, log=log))
+    repaired.eval().requires_grad_(False)
+    return repaired, {"target": target, "votes": votes, "rounds": history}
+
+
+# -- (5) BTI-DBF(P): purification ----------------------------------------------------------------------------
+def purification_loss(logits_p: torch.Tensor, feats_p: torch.Tensor, feats_x: torch.Tensor, p: torch.Tensor,
+                      x: torch.Tensor, y: torch.Tensor, cfg: BTIDBFConfig) -> tuple[torch.Tensor, dict]:
+    """Loss of the purifier P on one batch (normalized space), p = P(x̃) with x̃ = x_mix + noise:
+
+    CE(f(p), y) + ``cfg.purify_feature_weight`` · MSE(f_b(p), f_b(x)) + w · MSE(p, x), with
+    w = ``cfg.purify_pixel_high`` while the pixel MSE is above ``cfg.purify_norm_bound``, else
+    ``cfg.purify_pixel_low``. x is the clean batch, also for the rows of x̃ that hold G(x): P has to map
+    the inverted poisoned images back to their clean sources. ``feats_x`` is a target (detached).
+    """
+    l_pred = F.cross_entropy(logits_p.float(), y)
+    l_feat = F.mse_loss(feats_p.float(), feats_x.detach().float())
+    l_norm = F.mse_loss(p.float(), x.float())
+    loss = (l_pred + cfg.purify_feature_weight * l_feat
+            + _weighted(l_norm, cfg.purify_norm_bound, cfg.purify_pixel_high, cfg.purify_pixel_low))
+    return loss, {"pred": l_pred.detach(), "feat": l_feat.detach(), "norm": l_norm.detach()}
+
+
+def train_purifier(model: Classifier, purifier_unet: nn.Module, gen: nn.Module, data: Split,
+                   cfg: BTIDBFConfig | None = None, *, optimizer: torch.optim.Optimizer | None = None, seed: int = 0,
+                   tag=0, amp: bool = True, log: Callable[[str], None] = print) -> nn.Module:
+    """Trains ``purifier_unet`` P (normalized -> normalized images; in place, moved to ``model``'s device)
+    against the frozen ``model`` and the frozen trigger generator ``gen``, ``cfg.purify_epochs`` epochs.
+
+    Per batch: x_mix = x with :func:`mix_count` images replaced by G(x); x̃ = x_mix + ``cfg.purify_noise`` · ε
+    (ε ~ N(0, 1)); loss :func:`purification_loss` of P(x̃) against the clean x and the true labels y.
+    P is trained without the [0, 1] clamp that :class:`Purifier` applies when deployed (everything stays in
+    normalized space, as for G); the pixel term keeps its outputs near valid images, so the clamp changes
+    little. ``optimizer``: one to continue with (default: a new Adam, lr ``cfg.purify_lr``). Returns
+    ``purifier_unet`` in eval mode.
+    """
+    _purify_epochs(model, purifier_unet, gen, data, cfg, optimizer=optimizer, seed=seed, tag=tag, amp=amp, log=log)
+    return purifier_unet
+
+
+def _purify_epochs(model, purifier_unet, gen, data, cfg, *, optimizer, seed, tag, amp, log) -> dict[str, float]:
+    """:func:`train_purifier`'s loop; returns the last epoch's mean losses."""
+    cfg = cfg or BTIDBFConfig()
+    device = _device_of(model)
+    data = _on_device(data, device)
+    purifier_unet.to(device).to(memory_format=memory_format(device)).train()
+    opt = optimizer or _adam(purifier_unet.parameters(), cfg.purify_lr)
+    mix_gen = generator(seed, "bti-dbf-purify-mix", tag, device=device)
+    noise_gen = generator(seed, "bti-dbf-purify-noise", tag, device=device)
+
+    def step(x, y):
+        xn = model.normalize(x)
+        with autocast(device, amp):
+            noisy = _mix(xn, gen, cfg, mix_gen)
+            noisy = noisy + cfg.purify_noise * torch.randn(xn.shape, generator=noise_gen, device=device,
+                                                           dtype=noisy.dtype)
+            with torch.no_grad():
+                feats_x = features(model, xn)
+            p = purifier_unet(noisy)
+            feats_p = features(model, p)
+            logits_p = head(model, feats_p)
+        loss, parts = purification_loss(logits_p, feats_p, feats_x, p, xn, y, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), parts
+
+    with _frozen(model), _frozen(gen):
+        means = _run_epochs(f"purifier training ({tag})", cfg.purify_epochs, step, data, cfg, device, seed,
+                            ("purify", tag), log, "lower the purifier learning rate")
+    purifier_unet.eval()
+    return means
+
+
+def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
+                   amp: bool = True, log: Callable[[str], None] = print) -> tuple[Purifier, dict]:
+    """BTI-DBF(P): returns (a :class:`Purifier` in eval mode on ``device``, info). The defended model is
+    ``model(purifier(x))`` with the original ``model``, which is not modified.
+
+    As the authors' ``btidbfp.py``: G is pre-trained toward the identity and P starts as a copy of it; then
+    ``cfg.rounds`` rounds of: a fresh mask; G trained further (from the second round on through the current
+    P, x̂ = P(G(x)), and with the target term); P trained by :func:`train_purifier`. The target is voted after
+    the first round's inversion (with G alone). One Adam for G and one for P carry over all rounds.
+
+    info: ``{'target': int, 'votes': int64 tensor (num_classes), 'rounds': [last-epoch mean losses of P]}``.
+    """
+    cfg = cfg or BTIDBFConfig()
+    _check_rounds(cfg, "BTI-DBF(P)")
+    device = resolve_device(device)
+    frozen = _frozen_copy(model, device)
+    data = _on_device(data, device)
+    gen = build_generator(cfg, seed).to(device)
+    opt_gen = _adam(gen.parameters(), cfg.generator_lr)
+    unet, opt_unet = None, None
+    target, votes, history = None, None, []
+    for r in range(cfg.rounds):
+        log(f"BTI-DBF(P) round {r + 1}/{cfg.rounds}")
+        mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
+        if r == 0:
+            pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
+            unet = copy.deepcopy(gen)
+            opt_unet = _adam(unet.parameters(), cfg.purify_lr)
+        train_generator(frozen, gen, mask, data, cfg, target=target, through=unet if r > 0 else None,
+                        optimizer=opt_gen, seed=seed, tag=r, amp=amp, log=log)
+        if r == 0:
+            target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
+        history.append(_purify_epochs(frozen, unet, gen, data, cfg, optimizer=opt_unet, seed=seed, tag=r, amp=amp,
+                                      log=log))
+    unet.eval().requires_grad_(False)
+    purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std")).to(device).eval()
+    return purifier, {"target": target, "votes": votes, "rounds": history}
+
+
+__all__ = ["BTIDBFConfig", "GeneratorUNet", "Purifier", "bti_dbf_purify", "bti_dbf_unlearn", "build_generator",
+           "decouple_mask", "decoupling_loss", "detect_target", "feature_shape", "features", "head",
+           "inversion_loss", "invert_trigger", "mask_from_logits", "mix_count", "pretrain_generator", "pretrain_loss",
+           "purification_loss", "train_generator", "train_purifier", "unlearning_loss"]

@@ -1,0 +1,341 @@
+"""Neural Cleanse (Wang et al., IEEE S&P 2019): trigger reverse-engineering and MAD outlier detection.
+
+For every class c a trigger — a mask m_c in [0, 1]^{H×W} shared by the channels and a pattern
+p_c in [0, 1]^{C×H×W} — is optimised on the defender's clean images to send them all to c with the
+smallest possible mask:
+
+    min  CE(f((1 − m) ⊙ x + m ⊙ p), c) + λ · |m|_1,     m = tanh(w_m)/2 + 1/2,  p = tanh(w_p)/2 + 1/2
+
+with Adam (lr 0.1, betas (0.5, 0.9)) and NC's dynamic λ: raised ×1.5 after ``patience`` epochs in a row
+whose attack success reached 99 %, lowered ÷1.5^1.5 after ``patience`` epochs in a row below it. A
+backdoor is a shortcut to its target class, so the target's mask is far smaller than the others'; the
+MAD anomaly index (median − norm_c) / (1.4826 · median |norm − median|) flags classes whose index is
+above 2 (only masks smaller than the median count).
+
+Differences from NC's Keras code, on purpose: one run of ``epochs`` per class with no early stop (NC runs
+up to 1000 epochs and stops early on a stalled norm); a class's best mask is judged by its own L1 norm at
+the end of the epoch (NC compares the epoch's average regularisation loss but also keeps the end-of-epoch
+mask); images are in [0, 1] (the model's normalisation lives in :class:`core.models.Classifier`).
+``NCConfig.classes_per_pass`` > 1 optimises several classes in one batched forward (the same result, fewer
+and larger kernel calls); all classes see the same batch order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data import to_float
+from ..errors import UserError
+from ..seeding import generator
+from ..train import resolve_device
+
+MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal distribution's standard deviation
+
+
+@dataclass(frozen=True)
+class NCConfig:
+    """Neural Cleanse's hyper-parameters (defaults: NC's code, except far fewer epochs)."""
+
+    epochs: int = 10  # optimisation epochs per class (NC: up to 1000 with early stopping)
+    steps_per_epoch: int | None = None  # None: one pass over the clean images, ceil(N / batch_size) steps
+    batch_size: int = 128
+    lr: float = 0.1  # Adam's learning rate on w_m and w_p
+    betas: tuple[float, float] = (0.5, 0.9)  # Adam's betas in NC's code
+    init_cost: float = 1e-3  # the starting λ of the L1 term
+    cost_multiplier: float = 1.5  # λ up: ×1.5; λ down: ÷1.5**1.5
+    patience: int = 5  # epochs in a row above / below the success threshold before λ moves
+    success_threshold: float = 0.99  # attack success (fraction of images sent to the class) that counts as reached
+    anomaly_threshold: float = 2.0  # a class is flagged when its anomaly index exceeds this
+    # classes optimised together, one forward of classes_per_pass × batch_size images per step: the same result,
+    # much faster for small images; 1 (NC's one class at a time) is the memory-safe default for large ones
+    classes_per_pass: int = 1
+
+    def validated(self) -> "NCConfig":
+        """Itself, or a UserError naming the first setting out of range."""
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
+                  ("steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1),
+                  ("init_cost", self.init_cost >= 0), ("cost_multiplier", self.cost_multiplier > 1),
+                  ("patience", self.patience >= 1), ("success_threshold", 0 < self.success_threshold <= 1),
+                  ("anomaly_threshold", self.anomaly_threshold > 0),
+                  ("classes_per_pass", self.classes_per_pass >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise UserError(f"Neural Cleanse setting {name}={getattr(self, name)!r} is out of range")
+        return self
+
+
+@dataclass
+class InvertedTrigger:
+    """One class's reverse-engineered trigger: ``mask`` H×W and ``pattern`` C×H×W, float in [0, 1] on the CPU.
+
+    ``norm``: the mask's L1 norm; ``success``: the batch-averaged attack success (0..1) of the epoch it comes
+    from; ``reached``: whether that success reached the threshold (False: the last epoch's trigger, a fallback);
+    ``cost``: λ at the end of the optimisation.
+    """
+
+    mask: torch.Tensor
+    pattern: torch.Tensor
+    norm: float
+    success: float
+    reached: bool
+    cost: float
+
+
+@dataclass
+class NCResult:
+    """Neural Cleanse's verdict on one model.
+
+    ``norms``: float64 K, the L1 norm of each class's mask; ``anomaly_indices``: float64 K (see
+    :func:`anomaly_indices`); ``flagged``: classes whose index exceeds ``threshold``, most anomalous first;
+    ``target``: the most anomalous class (NC's detected target when the model is flagged at all);
+    ``triggers``: the inverted trigger of every class, index = class.
+    """
+
+    norms: torch.Tensor
+    anomaly_indices: torch.Tensor
+    median: float
+    mad: float
+    threshold: float
+    flagged: list[int]
+    target: int
+    triggers: list[InvertedTrigger]
+
+    @property
+    def backdoored(self) -> bool:
+        """True when some class is flagged."""
+        return bool(self.flagged)
+
+    @property
+    def masks(self) -> torch.Tensor:
+        """K×H×W in [0, 1]."""
+        return torch.stack([t.mask for t in self.triggers])
+
+    @property
+    def patterns(self) -> torch.Tensor:
+        """K×C×H×W in [0, 1]."""
+        return torch.stack([t.pattern for t in self.triggers])
+
+    def summary(self) -> dict:
+        """JSON-ready numbers (no tensors)."""
+        return {"norms": self.norms.tolist(), "anomaly_indices": self.anomaly_indices.tolist(), "median": self.median,
+                "mad": self.mad, "threshold": self.threshold, "flagged": self.flagged, "target": self.target,
+                "backdoored": self.backdoored, "success": [t.success for t in self.triggers]}
+
+
+def apply_inverted_trigger(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """(1 − m) ⊙ x + m ⊙ p: stamps an inverted trigger on images.
+
+    ``x``: float N×C×H×W in [0, 1]; ``mask``: H×W (or broadcastable to x) in [0, 1]; ``pattern``: C×H×W in [0, 1].
+    Returns float N×C×H×W in [0, 1], on x's device and in its dtype; a zero mask returns x's values exactly.
+    """
+    mask, pattern = mask.to(x), pattern.to(x)
+    mask = mask[None, None] if mask.dim() == 2 else mask
+    # a convex combination: the clamp only removes rounding past 0 or 1, so the output is a valid image
+    return (x + mask * (pattern - x)).clamp_(0, 1)
+
+
+def mask_and_pattern(w_mask: torch.Tensor, w_pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NC's box-constraint-free parameterisation: any real w maps into [0, 1] with a non-zero gradient."""
+    return torch.tanh(w_mask) / 2 + 0.5, torch.tanh(w_pattern) / 2 + 0.5
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """The mean of the two middle values for an even count (numpy's median, as NC's code): ``torch.median``
+    returns the lower one, which moves the centre and the MAD of a 10-class model."""
+    ordered = values.sort().values
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def anomaly_indices(norms: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """NC's MAD anomaly index of each class: ``(median − norm_c) / MAD``, MAD = 1.4826 · median(|norm − median|).
+
+    ``norms``: K mask L1 norms. Returns (float64 K indices, median, MAD). Positive indices are masks smaller than
+    the median (the suspicious side); larger masks get negative indices and are never flagged. With a MAD of 0
+    (more than half of the norms equal), a norm below the median gets +inf and one equal to it 0.
+    """
+    norms = norms.detach().double().cpu()
+    median = _median(norms)
+    mad = MAD_CONSISTENCY * _median((norms - median).abs())
+    deviation = median - norms
+    if mad > 0:
+        index = deviation / mad
+    else:
+        index = torch.where(deviation == 0, torch.zeros_like(deviation), deviation * math.inf)
+    return index, float(median), float(mad)
+
+
+def flagged_classes(indices: torch.Tensor, threshold: float = 2.0) -> list[int]:
+    """Classes whose anomaly index (see :func:`anomaly_indices`) exceeds ``threshold``, most anomalous first.
+    Only masks smaller than the median have positive indices, so an unusually large mask is never flagged."""
+    return [c for c in indices.argsort(descending=True, stable=True).tolist() if indices[c] > threshold]
+
+
+def _frozen_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward with its parameters detached: gradients reach the input, never the weights.
+
+    Why ``torch.func.functional_call`` with detached parameters rather than the alternatives: toggling
+    ``requires_grad`` off and back mutates the caller's model (an exception or a shared model in another
+    thread could see it half-way), and a deepcopy doubles the model's memory. Detached tensors share the
+    weights' storage, so nothing is copied, the model's flags are never touched, and autograd skips every
+    weight gradient (a faster backward than computing and discarding them). Buffers are the model's own;
+    the caller keeps the model in eval mode so that BatchNorm reads them and never writes.
+    """
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    return lambda x: torch.func.functional_call(model, params, (x,))
+
+
+def _initial_weights(targets: list[int], channels: int, height: int, width: int, seed: int, device):
+    """Seeded w_m (G×H×W) and w_p (G×C×H×W) for a group of G classes. Each class draws from its own stream, so
+    its start does not depend on how the classes are grouped. NC starts from a uniformly random mask and pattern
+    in [0, 1], taken back through the tanh parameterisation (clamped off the saturated, gradient-free ends)."""
+    to_w = lambda v: torch.atanh((2 * v - 1).clamp(-0.999, 0.999))  # noqa: E731 - inverse of tanh(w)/2 + 1/2
+    masks, patterns = [], []
+    for target in targets:
+        g = generator(seed, "neural-cleanse-init", target)
+        masks.append(to_w(torch.rand(height, width, generator=g)))
+        patterns.append(to_w(torch.rand(channels, height, width, generator=g)))
+    return torch.stack(masks).to(device).requires_grad_(), torch.stack(patterns).to(device).requires_grad_()
+
+
+def _epoch_order(n: int, batch_size: int, steps: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Index batches for one epoch: consecutive slices of fresh random permutations, enough for ``steps``
+    batches of ``batch_size`` (the last one shorter only when the epoch is one pass over the images)."""
+    passes = math.ceil(steps * batch_size / n)
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(passes)])
+    return [order[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
+
+
+class _CostSchedule:
+    """NC's dynamic λ of one class: ×multiplier after ``patience`` reached epochs in a row, ÷multiplier**1.5
+    after ``patience`` missed epochs in a row (the counters restart after each change)."""
+
+    def __init__(self, config: NCConfig):
+        self.cost, self.config = config.init_cost, config
+        self.up_counter = self.down_counter = 0
+
+    def update(self, reached: bool) -> None:
+        self.up_counter, self.down_counter = (self.up_counter + 1, 0) if reached else (0, self.down_counter + 1)
+        if self.up_counter >= self.config.patience:
+            self.up_counter = 0
+            self.cost *= self.config.cost_multiplier
+        elif self.down_counter >= self.config.patience:
+            self.down_counter = 0
+            self.cost /= self.config.cost_multiplier ** 1.5
+
+
+def stamp_each_trigger(x: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """Every image with every trigger: x B×C×H×W, masks G×H×W, patterns G×C×H×W (all in [0, 1]) ->
+    (G·B)×C×H×W in [0, 1], trigger-major (rows g·B .. g·B + B − 1 carry trigger g)."""
+    stamped = x[None] + masks[:, None, None] * (patterns[:, None] - x[None])  # G×B×C×H×W
+    return stamped.flatten(0, 1)
+
+
+def reverse_engineer_triggers(forward: Callable, images: torch.Tensor, targets: list[int], config: NCConfig, *,
+                              seed: int = 0, device="cpu", log: Callable[[str], None] = print) -> list[InvertedTrigger]:
+    """Optimises the triggers of the classes ``targets`` together and returns each one's best trigger.
+
+    The G classes share the batches and one forward of G·B images per step (far fewer, larger kernel calls),
+    but nothing else: each class's loss term depends only on its own w_m, w_p, Adam is element-wise, and every
+    class keeps its own λ schedule and best trigger, so the result is that of G separate runs.
+    ``forward``: x (float N×C×H×W in [0, 1]) -> logits, with no weight gradients (see :func:`_frozen_forward`);
+    ``images``: the clean images, uint8 or float in [0, 1], N×C×H×W, already on ``device``.
+    """
+    n, channels, height, width = images.shape
+    group = torch.tensor(targets, device=device)
+    w_mask, w_pattern = _initial_weights(targets, channels, height, width, seed, device)
+    opt = torch.optim.Adam([w_mask, w_pattern], lr=config.lr, betas=config.betas)
+    schedules = [_CostSchedule(config) for _ in targets]
+    best: list[InvertedTrigger | None] = [None] * len(targets)
+    last: list[InvertedTrigger | None] = [None] * len(targets)
+    steps = config.steps_per_epoch or math.ceil(n / config.batch_size)
+    name = f"class{'es' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
+    for epoch in range(config.epochs):
+        # one batch order per epoch for all classes: a class's result does not depend on its group
+        batches = _epoch_order(n, config.batch_size, steps, generator(seed, "neural-cleanse-batches", epoch))
+        costs = torch.tensor([s.cost for s in schedules], device=device)
+        success_sum = torch.zeros(len(targets), device=device)  # summed on the device: one host sync per epoch
+        for idx in tqdm(batches, desc=f"NC {name} epoch {epoch + 1}/{config.epochs}", leave=False,
+                        dynamic_ncols=True, disable=None):
+            x = to_float(images[idx.to(images.device)])
+            masks, patterns = mask_and_pattern(w_mask, w_pattern)
+            logits = forward(stamp_each_trigger(x, masks, patterns)).reshape(len(targets), len(x), -1)  # G×B×K
+            labels = group[:, None].expand(-1, len(x))
+            ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels).mean(1)
+            loss = (ce + costs * masks.flatten(1).sum(1)).sum()  # masks >= 0: their sum is the L1 norm
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            success_sum += (logits.detach().argmax(2) == labels).float().mean(1)
+        successes = (success_sum / steps).tolist()  # batch-averaged, as NC's code
+        with torch.no_grad():
+            masks, patterns = (t.cpu() for t in mask_and_pattern(w_mask, w_pattern))
+        for g, target in enumerate(targets):
+            reached = successes[g] >= config.success_threshold
+            last[g] = InvertedTrigger(masks[g], patterns[g], float(masks[g].sum()), successes[g], reached,
+                                      schedules[g].cost)
+            if reached and (best[g] is None or last[g].norm < best[g].norm):
+                best[g] = last[g]
+            schedules[g].update(reached)
+        log(f"NC epoch {epoch + 1}/{config.epochs}: " + "; ".join(
+            f"class {t} success {100 * successes[g]:.1f}% mask L1 {last[g].norm:.1f} cost {schedules[g].cost:.2e}"
+            for g, t in enumerate(targets)))
+    # a class whose success never reached the threshold keeps its last trigger, marked reached=False
+    chosen = [b or l for b, l in zip(best, last)]
+    for trigger, schedule in zip(chosen, schedules):
+        trigger.cost = schedule.cost
+    return chosen
+
+
+def neural_cleanse(model: nn.Module, images: torch.Tensor, num_classes: int, config: NCConfig | None = None, *,
+                   device=None, seed: int = 0, log: Callable[[str], None] = print, **overrides) -> NCResult:
+    """Runs Neural Cleanse on ``model`` (x float N×C×H×W in [0, 1] -> logits N×num_classes).
+
+    ``images``: the defender's clean images, uint8 or float in [0, 1], N×C×H×W (labels are not needed).
+    ``config``: :class:`NCConfig` (default: its defaults); ``overrides``: NCConfig fields to replace, e.g.
+    ``epochs=3``. ``device``: None/'auto' -> cuda if available; the model is moved there (its values are
+    unchanged). ``seed``: decides every class's starting mask and pattern and the batch order.
+
+    The model is left as it came: parameters, BatchNorm buffers, ``requires_grad`` flags and each submodule's
+    train/eval mode (it runs in eval mode here, so BatchNorm statistics are read, not updated).
+    """
+    known = {f.name for f in fields(NCConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown Neural Cleanse setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    config = replace(config or NCConfig(), **overrides).validated()
+    if num_classes < 2:
+        raise UserError(f"Neural Cleanse compares the classes' triggers: it needs at least 2 classes, got {num_classes}")
+    if images.dim() != 4 or len(images) == 0:
+        raise UserError(f"Neural Cleanse needs a non-empty N×C×H×W batch of clean images, got shape "
+                        f"{tuple(images.shape)}")
+    device = resolve_device(device)
+    model.to(device)
+    images = images.to(device)  # uint8 stays uint8 (4× less memory); batches become float on the fly
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        forward = _frozen_forward(model)
+        triggers = []
+        for first in range(0, num_classes, config.classes_per_pass):
+            group = list(range(first, min(first + config.classes_per_pass, num_classes)))
+            triggers += reverse_engineer_triggers(forward, images, group, config, seed=seed, device=device, log=log)
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    norms = torch.tensor([t.norm for t in triggers], dtype=torch.float64)
+    index, median, mad = anomaly_indices(norms)
+    flagged = flagged_classes(index, config.anomaly_threshold)
+    log(f"Neural Cleanse: mask L1 norms {[round(v, 1) for v in norms.tolist()]}, anomaly indices "
+        f"{[round(v, 2) for v in index.tolist()]}; flagged {flagged or 'none'}")
+    return NCResult(norms, index, median, mad, config.anomaly_threshold, flagged, int(index.argmax()), triggers)
+
+
+__all__ = ["NCConfig", "NCResult", "InvertedTrigger", "anomaly_indices", "apply_inverted_trigger", "flagged_classes",
+           "mask_and_pattern", "neural_cleanse", "reverse_engineer_triggers", "stamp_each_trigger"]
