@@ -104,22 +104,21 @@ def name(optional=False) -> Check:
     return Check("a plain name (no '/', not '.' or '..')", convert, optional)
 
 
-def existing_file(optional=True) -> Check:
-    """A path to an existing file, stored absolute so that the run folder can be read from anywhere."""
+def _existing_path(what: str, exists, optional: bool) -> Check:
+    """A path for which ``exists(Path)`` holds, stored absolute so that the run folder can be read from anywhere."""
     def convert(v):
-        if not isinstance(v, str) or not Path(v).expanduser().is_file():
+        if not isinstance(v, str) or not exists(Path(v).expanduser()):
             raise _Bad
         return str(Path(v).expanduser().resolve())
-    return Check("an existing file", convert, optional)
+    return Check(f"an existing {what}", convert, optional)
+
+
+def existing_file(optional=True) -> Check:
+    return _existing_path("file", Path.is_file, optional)
 
 
 def existing_folder(optional=True) -> Check:
-    """A path to an existing folder, stored absolute."""
-    def convert(v):
-        if not isinstance(v, str) or not Path(v).expanduser().is_dir():
-            raise _Bad
-        return str(Path(v).expanduser().resolve())
-    return Check("an existing folder", convert, optional)
+    return _existing_path("folder", Path.is_dir, optional)
 
 
 def number_list(lo=None, hi=None, length: int | None = None) -> Check:
