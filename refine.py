@@ -16,7 +16,7 @@ from core.config import resolve
 from core.data import DATASETS
 from core.models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from core.runlog import format_metrics
-from core.run_refine import DEFAULTS, evaluate_run, run_refine
+from core.run_defense import defaults_for, evaluate_run, run_defense
 
 
 def parse_args(argv=None):
@@ -91,7 +91,7 @@ def main(argv=None):
         return
     if "preset" not in args:
         args.preset = "paper"
-    run_refine(resolve("refine", DEFAULTS, args))
+    run_defense(resolve("refine", defaults_for("REFINE"), args))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     import core
     attack = core.BadNets(y_target=0, poisoned_rate=0.1)      # or WaNet, PhysicalBA, BATT, LabelConsistent, ...
     defense = core.REFINE(unet=core.UNet(64), model=classifier, num_classes=10)
+    deployed = core.defense_class("BTI-DBF-P")(rounds=5).fit(classifier, defender_data, FitContext())
 """
 import torch
 
@@ -15,11 +16,11 @@ from .attacks import (ATTACKS, BATT, AdaptivePatch, BadNets, Benign, Blended, La
                       build_attack, restore_attack)
 from .checkpoint import load_classifier, save_classifier
 from .data import load_split
-from .defenses import REFINE, DefendedModel, load_defended
+from .defenses import DEFENSES, REFINE, DeployedModel, FitContext, defense_class, load_deployed
 from .errors import UserError
 from .metrics import ba_asr
 from .models import Classifier, UNet, build_classifier
 
-__all__ = ["ATTACKS", "AdaptivePatch", "BATT", "BadNets", "Benign", "Blended", "Classifier", "DefendedModel",
+__all__ = ["ATTACKS", "AdaptivePatch", "BATT", "BadNets", "Benign", "Blended", "Classifier", "DEFENSES", "DeployedModel", "FitContext",
            "LabelConsistent", "PhysicalBA", "REFINE", "UNet", "UserError", "WaNet", "ba_asr", "build_attack",
-           "build_classifier", "load_classifier", "load_defended", "load_split", "restore_attack", "save_classifier"]
+           "build_classifier", "defense_class", "load_classifier", "load_deployed", "load_split", "restore_attack", "save_classifier"]

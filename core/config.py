@@ -37,8 +37,9 @@ def preset_path(task: str, name: str) -> Path:
 def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     """Merges the layers. ``args`` holds only the flags the user typed (argparse.SUPPRESS defaults).
 
-    A preset may hold per-dataset sections (``CIFAR10: {...}``) and per-attack sections (``WaNet: {...}``,
-    for an attack that needs its own recipe), applied in that order after its common keys. Values are not
+    A preset may hold per-dataset sections (``CIFAR10: {...}``), per-defense sections (``BTI-DBF-P: {...}``,
+    in the presets of defend.py) and per-attack sections (``WaNet: {...}``, for an attack that needs its own
+    recipe), applied in that order after its common keys. Values are not
     checked here: :func:`core.validate.validate` checks the merged result, whichever layer set them.
     """
     from .attacks import canonical_name
@@ -56,7 +57,9 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
         flat = {k: v for k, v in layer.items() if not isinstance(v, dict)}
         name = given.get("dataset", flat.get("dataset", dataset))
         attack = canonical_name(given.get("attack", flat.get("attack", config.get("attack"))))
+        defense = given.get("defense", flat.get("defense", config.get("defense")))
         for source in (flat, sections.get(name, {}) if isinstance(name, str) else {},
+                       sections.get(defense, {}) if isinstance(defense, str) else {},
                        sections.get(attack, {}) if attack else {}):
             _check_known(source, defaults)
             config.update(source)

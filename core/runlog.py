@@ -32,7 +32,8 @@ from .errors import UserError
 # same computation runs (compile, fused): they never change what a run computes, so they are left out of its
 # settings hash, and a run resumes with them changed. Every other option is in.
 IO_KEYS = frozenset({"out", "device", "eval_every", "eval_batch_size", "fresh", "data_root", "allow_embedded",
-                     "download", "preset", "recipe_note", "run_name", "attack_dir", "compile", "fused"})
+                     "download", "preset", "recipe_note", "run_name", "attack_dir", "compile", "fused",
+                     "defense"})  # a defense's runs have a folder of their own: its name needs no place in the hash
 # Options that name an input file: the settings hold the file's content hash, not its path, so that a
 # moved file is the same run and another file under the same name is not.
 FILE_KEYS = frozenset({"trigger", "model_path", "benign_model"})

@@ -175,6 +175,121 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+class EpochStreams:
+    """The random streams of one epoch, by name: ``streams("augment")`` is a generator seeded from (seed,
+    prefix + name, epoch), on ``device`` except for "shuffle" (the batch order is drawn on the CPU). Each
+    epoch has its own streams, so a resumed run draws exactly what an uninterrupted one would."""
+
+    def __init__(self, seed: int, prefix: str, epoch: int, device: torch.device):
+        self.seed, self.prefix, self.epoch, self.device = seed, prefix, epoch, device
+        self._made: dict[str, torch.Generator] = {}
+
+    def __call__(self, name: str) -> torch.Generator:
+        if name not in self._made:
+            device = None if name == "shuffle" else self.device
+            self._made[name] = generator(self.seed, self.prefix + name, self.epoch, device=device)
+        return self._made[name]
+
+
+def fit(
+    loss_fn: Callable,
+    modules: dict[str, nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    device,
+    seed: int = 0,
+    streams: str = "",
+    trainable: tuple[str, ...] = (),
+    prepare: Callable | None = None,
+    extra: torch.Tensor | None = None,
+    lr: float | None = None,
+    lr_at: Callable[[float], float] | None = None,
+    compile: bool = False,
+    state: EpochState | None = None,
+    evaluate: Callable[[int], dict] | None = None,
+    eval_every: int = 1,
+    log: Callable[[str], None] = print,
+    desc: str = "epoch",
+    hint: str = "lower the learning rate (--lr)",
+    guard_every: int = 20,
+    log_epochs: bool = True,
+) -> dict[str, float]:
+    """The one training loop of the toolkit (attack training, REFINE, the baseline defenses).
+
+    Per step: ``x = prepare(x, y, extra_batch, streams)`` (augmentation, an attack's hook: outside any compiled
+    graph), then ``loss, parts = loss_fn(x, y, mods)`` (the forward pass; ``mods`` is ``modules`` or their
+    compiled versions), backward, ``optimizer.step()``. ``images``: uint8 or float N×C×H×W and ``labels`` N
+    (pseudo-labels, -1 placeholders, anything the loss reads) are batched on ``device`` in a seeded shuffle.
+
+    ``trainable``: the names in ``modules`` put in training mode every epoch; the others stay in eval mode
+    (frozen BatchNorm). ``lr``/``lr_at``: base learning rate and its multiplier at ``epoch + fraction`` (see
+    :func:`lr_factor`); without them the optimizer's rate is left alone. ``streams``: prefix of the per-epoch
+    random streams (:class:`EpochStreams`). ``compile``: full batches through ``torch.compile`` (the last,
+    smaller batch eagerly; eager again where compilation fails). ``state``: resumable :class:`EpochState`
+    (saved after every epoch, after ``evaluate``). ``evaluate(epoch)`` runs every ``eval_every`` epochs and
+    after the last. A non-finite loss raises :class:`DivergedError` (:class:`LossGuard`) before the epoch
+    is logged, evaluated or saved. Returns the mean loss and parts of the last epoch run.
+    """
+    device = torch.device(device)
+    start = state.load() if state else 0
+    if start:
+        log(f"resuming {desc} from the end of epoch {start}/{epochs} ({state.path})")
+    images, labels = images.to(device), labels.to(device)
+    extra = extra.to(device) if extra is not None else None
+    steps = math.ceil(len(labels) / batch_size)
+    guard = LossGuard(every=guard_every, hint=hint)
+    fast = {k: torch.compile(m) for k, m in modules.items()} if compile else modules
+
+    def backward(mods, x, y):
+        loss, parts = loss_fn(x, y, mods)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, parts
+
+    means: dict[str, float] = {}
+    for epoch in range(start, epochs):
+        for name, module in modules.items():
+            module.train(name in trainable)
+        guard.start_epoch(epoch, device)
+        rng = EpochStreams(seed, streams, epoch, device)
+        sums: dict[str, torch.Tensor] = {}
+        seen, t0 = 0, time.time()
+        bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=rng("shuffle"),
+                                   extra=extra),
+                   total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
+        for step, (x, y, *rest) in enumerate(bar):
+            if lr_at is not None:
+                set_lr(optimizer, lr, lr_at(epoch + step / steps))
+            if prepare is not None:
+                x = prepare(x, y, rest[0] if rest else None, rng)
+            if fast is not modules and len(x) == batch_size:
+                (loss, parts), fast = try_compiled(lambda mods: backward(mods, x, y), fast, modules, log)
+            else:
+                loss, parts = backward(modules, x, y)
+            optimizer.step()
+            guard.update(loss, step)
+            seen += len(x)
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() * len(x)
+            if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
+        means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
+        if log_epochs:
+            log(f"{desc} {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+                + f", {seen / (time.time() - t0):.0f} img/s, lr {optimizer.param_groups[0]['lr']:.5f}")
+        # evaluate before saving: an interruption in between repeats the epoch rather than skipping its evaluation
+        if evaluate and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            evaluate(epoch + 1)
+        if state:
+            state.save(epoch + 1)
+    return means
+
+
 def train_classifier(
     model: nn.Module,
     train: Split,
@@ -203,7 +318,7 @@ def train_classifier(
     compile: bool = False,
     fused: bool = False,
 ) -> nn.Module:
-    """Trains ``model`` (images in [0, 1] -> logits) with cross-entropy on ``train``.
+    """Trains ``model`` (images in [0, 1] -> logits) with cross-entropy on ``train``, through :func:`fit`.
 
     The training images go to ``device`` once, as uint8; batches are augmented there. With
     ``state_path`` the run is resumable: the epoch state is saved after every epoch and reloaded on start.
@@ -218,60 +333,25 @@ def train_classifier(
     layout = memory_format(device)
     model.to(device).to(memory_format=layout)
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay, fused=fused)
-    state = EpochState(state_path, {"model": model}, opt, fingerprint or {}) if state_path else None
-    start = state.load() if state else 0
-    if start:
-        log(f"resuming from the end of epoch {start}/{epochs} ({state_path})")
-    images, labels = train.images.to(device), train.labels.to(device)
     if batch_hook is not None and roles is None:
         raise ValueError("batch_hook needs the roles of the training samples")
-    roles = roles.to(device) if batch_hook is not None else None
-    steps = math.ceil(len(labels) / batch_size)
     augment_fn = AUGMENTATIONS[augment]
-    guard = LossGuard()
-    fast = torch.compile(model) if compile else model
 
-    def step_with(net, x, y):
+    def prepare(x, y, batch_roles, rng):
+        if batch_hook is not None:
+            x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
+        return augment_fn(x, generator=rng("augment")).contiguous(memory_format=layout)
+
+    def loss_fn(x, y, mods):
         with autocast(device, amp):
-            logits = net(x)
+            logits = mods["model"](x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return logits, loss
+        return loss, {"train_acc": (logits.argmax(1) == y).float().mean().detach()}
 
-    for epoch in range(start, epochs):
-        model.train()
-        guard.start_epoch(epoch, device)
-        shuffle = generator(seed, "shuffle", epoch)  # per-epoch streams make a resumed run exact
-        aug_gen = generator(seed, "augment", epoch, device=device)
-        hook_gen = generator(seed, "attack-hook", epoch, device=device)
-        seen, loss_sum, correct, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
-        bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=shuffle, extra=roles),
-                   total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
-        for step, (x, y, *batch_roles) in enumerate(bar):
-            set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
-            if batch_hook is not None:
-                x = batch_hook(x, batch_roles[0], generator=hook_gen)
-            x = augment_fn(x, generator=aug_gen).contiguous(memory_format=layout)
-            # the last, smaller batch runs eagerly: a second compilation for its shape would cost more
-            if fast is not model and len(x) == batch_size:
-                (logits, loss), fast = try_compiled(lambda net: step_with(net, x, y), fast, model, log)
-            else:
-                logits, loss = step_with(model, x, y)
-            opt.step()
-            guard.update(loss, step)
-            seen += len(y)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            if step % 20 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}",
-                                img_s=f"{seen / (time.time() - t0):.0f}")
-        guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / seen:.4f}, train acc {100 * correct.item() / seen:.2f}%, "
-            f"{seen / (time.time() - t0):.0f} img/s, lr {opt.param_groups[0]['lr']:.5f}")
-        # evaluate before saving: an interruption in between repeats the epoch rather than skipping its evaluation
-        if evaluate and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            evaluate(epoch + 1)
-        if state:
-            state.save(epoch + 1)
+    fit(loss_fn, {"model": model}, train.images, train.labels, optimizer=opt, epochs=epochs, batch_size=batch_size,
+        device=device, seed=seed, trainable=("model",), prepare=prepare,
+        extra=roles if batch_hook is not None else None, lr=lr,
+        lr_at=lambda progress: lr_factor(schedule, progress, epochs, milestones, gamma), compile=compile,
+        state=EpochState(state_path, {"model": model}, opt, fingerprint or {}) if state_path else None,
+        evaluate=evaluate, eval_every=eval_every, log=log)
     return model

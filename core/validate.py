@@ -184,22 +184,22 @@ def _optional(check: Check) -> Check:
     return Check(check.describe, check.convert, optional=True)
 
 
-def refine_rules(classes: int) -> dict[str, Check]:
+def defense_rules(classes: int) -> dict[str, Check]:
+    """The options every defense run has; each defense adds its own (``Defense.checks``)."""
+    from .defenses import DEFENSE_ALIASES, DEFENSES
     from .models import NORMALIZATIONS
 
     return {
         **_common(classes),
+        "defense": choice([*DEFENSES, *DEFENSE_ALIASES]),
         "attack": name(optional=True), "model_path": existing_file(), "attack_dir": text(),
         "tlabel": integer(0, classes - 1, optional=True), "trigger": existing_file(),
-        "normalization": choice(NORMALIZATIONS, optional=True), "unet_channels": integer(1),
-        "loss": choice(("ce", "bce")), "sup": number(0), "temperature": number(0, lo_open=True), "remap": boolean(),
-        "decay": number(0, lo_open=True), "pseudo_labels": choice(("augmented", "clean")),
-        "supcon_views": choice((1, 2)), "pseudo_fp32": boolean(),
+        "normalization": choice(NORMALIZATIONS, optional=True), "out": text(optional=True),
         "data_fraction": number(0, 1, lo_open=True), "run_name": name(optional=True),
     }
 
 
-RULES = {"attack": attack_rules, "refine": refine_rules}
+RULES = {"attack": attack_rules, "defense": defense_rules}
 # The flag to name when it is not simply --<key with dashes>; options without a flag are named as such.
 FLAGS = {"y_target": "--tlabel"}
 CONFIG_ONLY = {"momentum", "eval_batch_size"}
@@ -221,10 +221,10 @@ def _apply(key: str, check: Check, value):
         raise UserError(f"{flag(key)} must be {check.describe}, got {value!r}{hint}") from None
 
 
-def validate(task: str, config: dict) -> dict:
+def validate(task: str, config: dict, extra_rules: dict[str, Check] | None = None) -> dict:
     """The config with every value checked and normalised (floats as floats, paths absolute).
 
-    Raises a one-line UserError naming the flag and the allowed values at the first bad option.
+    ``extra_rules``: checks of options the task's table does not know (a defense's own settings). Raises a one-line UserError naming the flag and the allowed values at the first bad option.
     Options without a rule (added elsewhere) pass through unchanged.
     """
     from .data import DATASETS
@@ -232,7 +232,7 @@ def validate(task: str, config: dict) -> dict:
     config = dict(config)
     config["dataset"] = _apply("dataset", choice(DATASETS), config.get("dataset"))
     classes = DATASETS[config["dataset"]][0]
-    for key, check in RULES[task](classes).items():
+    for key, check in {**RULES[task](classes), **(extra_rules or {})}.items():
         if key in config:
             config[key] = _apply(key, check, config[key])
     if config.get("model") == "ViT" and config.get("width", 4) % 4:  # embedding 3*width split over 4 heads

@@ -30,11 +30,11 @@ def synthetic():
 @pytest.fixture(autouse=True, scope="session")
 def checkout_stays_clean():
     """Tests write under tmp_path only: after the session, no new path may exist under the checkout's
-    run-output folders (attack/, refine_res/)."""
+    run-output folders (attack/, refine_res/, defense_res/)."""
     root = Path(__file__).resolve().parent.parent
 
     def outputs():
-        return {str(p) for name in ("attack", "refine_res") for p in (root / name).rglob("*")}
+        return {str(p) for name in ("attack", "refine_res", "defense_res") for p in (root / name).rglob("*")}
 
     before = outputs()
     yield

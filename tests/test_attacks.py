@@ -94,7 +94,7 @@ def test_unknown_attack_and_wrong_image_size_give_clear_errors(synthetic):
 
 
 def test_refine_rebuilds_the_poisoned_test_set_from_the_saved_trigger_not_the_seed(synthetic):
-    from core.run_refine import poisoned_testset
+    from core.run_defense import poisoned_testset
 
     test = synthetic(20)
     attack = BadNets(y_target=1, seed=0)

@@ -69,15 +69,15 @@ def _raw_state_dict_file(path, payload):
 
 
 def _defended_file(path, payload):
-    from core.defenses import REFINE, load_defended, save_defended
+    from core.defenses import REFINE, load_deployed, save_deployed
     from core.models import UNet
 
     model = build_classifier("ResNet18", "CIFAR10", 10, width=4)
-    save_defended(path, REFINE(UNet(4), model, num_classes=10).defended_model(), 4)
+    save_deployed(path, REFINE(UNet(4), model, num_classes=10).defended_model())
     blob = torch.load(path, weights_only=True)
-    blob["unet"]["outc.weight"] = payload
+    blob["transform"]["state_dict"]["outc.weight"] = payload
     torch.save(blob, path)
-    return lambda: load_defended(path)
+    return lambda: load_deployed(path)
 
 
 def _trigger_file(attack):

@@ -6,7 +6,9 @@ import pytest
 from core.config import resolve
 from core.errors import UserError
 from core.run_attack import DEFAULTS as ATTACK_DEFAULTS
-from core.run_refine import DEFAULTS as REFINE_DEFAULTS
+from core.run_defense import defaults_for
+
+REFINE_DEFAULTS = defaults_for("REFINE")
 
 
 def args(**given):

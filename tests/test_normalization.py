@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from core.checkpoint import FORMAT, atomic_save, load_classifier, save_classifier
-from core.defenses import LabelRemap, load_defended, save_defended
-from core.defenses.refine import DefendedModel
+from core.defenses import DeployedModel, LabelRemap, load_deployed, save_deployed
 from core.errors import UserError
 from core.models import NORMALIZATIONS, UNet, build_classifier, resolve_normalization
 
@@ -34,9 +33,9 @@ def test_explicit_mean_std_survive_save_and_reload(tmp_path):
     save_classifier(tmp_path / "m.pth", model)
     loaded, _ = load_classifier(tmp_path / "m.pth", "ResNet18", "CIFAR10", 10)
     assert loaded.spec == model.spec and torch.equal(loaded(x), model(x))
-    defended = DefendedModel(UNet(4), model, LabelRemap(torch.roll(torch.arange(10), 1))).eval()
-    save_defended(tmp_path / "d.pth", defended, 4, dataset="CIFAR10")
-    reloaded, _ = load_defended(tmp_path / "d.pth")
+    defended = DeployedModel(model, UNet(4), LabelRemap(torch.roll(torch.arange(10), 1))).eval()
+    save_deployed(tmp_path / "d.pth", defended, dataset="CIFAR10")
+    reloaded, _ = load_deployed(tmp_path / "d.pth")
     assert reloaded.classifier.spec == model.spec and torch.equal(reloaded(x), defended(x))
 
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import seeds
 from core.attacks import BadNets
-from core.defenses import REFINE, LabelRemap, load_defended, random_derangement, save_defended
+from core.defenses import REFINE, LabelRemap, load_deployed, random_derangement, save_deployed
 from core.defenses.losses import remapped_loss, supcon_loss
 from core.errors import UserError
 from core.metrics import ba_asr
@@ -132,8 +132,8 @@ def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(synthet
     x = test.images[:16].float() / 255  # N×3×16×16 in [0, 1]
     with torch.inference_mode():
         direct = defense.remap(model(defense.unet.eval()(x)))
-    save_defended(tmp_path / "d.pth", defense.defended_model(), 8, dataset="CIFAR10")
-    loaded, meta = load_defended(tmp_path / "d.pth")
+    save_deployed(tmp_path / "d.pth", defense.defended_model(), dataset="CIFAR10")
+    loaded, meta = load_deployed(tmp_path / "d.pth")
     with torch.inference_mode():
         assert torch.allclose(loaded(x), direct, atol=1e-5)
     assert torch.equal(defense.predict(x).cpu(), direct.argmax(1))

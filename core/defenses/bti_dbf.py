@@ -42,22 +42,23 @@ Deviations from the authors' code (github.com/xuxiong0214/BTIDBF), each for a st
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..augment import random_crop_flip
 from ..data import Split, iterate_batches, memory_format
 from ..errors import UserError
-from ..models import Classifier, Normalize
+from ..models import Classifier
 from ..models.resnet import ResNet
 from ..seeding import derive_seed, generator
-from ..train import LossGuard, autocast, make_optimizer, resolve_device
+from ..train import autocast, fit, make_optimizer, resolve_device
+from ..validate import integer, number
+from .base import Defense, FitContext
+from .parts import DeployedModel, Purifier
 
 SUPPORTED_MODELS = "the toolkit's CIFAR ResNets (ResNet18, ResNet34, ResNet50)"
 
@@ -224,29 +225,6 @@ def build_generator(cfg: BTIDBFConfig | None = None, seed: int = 0, tag: str = "
         return GeneratorUNet(cfg.generator_channels, cfg.generator_blocks)
 
 
-class Purifier(nn.Module):
-    """BTI-DBF(P)'s input purification as an image transform: [0, 1] images N×C×H×W -> [0, 1] images of the
-    same shape.
-
-    ``unet`` works in the classifier's normalized space: the input is normalized with (``mean``, ``std``),
-    passed through ``unet``, mapped back to pixel space and clamped to [0, 1]. The defended model is
-    ``model(purifier(x))`` with the original, unmodified ``model``.
-    """
-
-    def __init__(self, unet: nn.Module, mean=None, std=None):
-        super().__init__()
-        self.unet = unet
-        self.normalize = Normalize(mean, std)
-        self.normalization = {"mean": list(mean) if mean is not None else None,
-                              "std": list(std) if std is not None else None}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.unet(self.normalize(x))
-        if self.normalize.enabled:
-            out = out * self.normalize.std + self.normalize.mean
-        return out.clamp(0, 1)
-
-
 # -- shared machinery ----------------------------------------------------------------------------------
 class _frozen:
     """Context: ``module`` in eval mode with ``requires_grad`` off, both restored on exit. A frozen model's
@@ -291,39 +269,23 @@ def _adam(params, lr: float):
     return make_optimizer(params, "adam", lr, weight_decay=0.0)
 
 
-def _batches(data: Split, cfg: BTIDBFConfig, device: torch.device, seed: int, *tags):
-    """Shuffled (augmented) batches ``(x in [0, 1] N×C×H×W, y int64 N)`` on ``device``; the shuffle and
-    the augmentation draw from streams of ``seed`` and ``tags`` (each phase, round and epoch its own)."""
-    shuffle = generator(seed, "bti-dbf", *tags, "shuffle")
-    aug_gen = generator(seed, "bti-dbf", *tags, "augment", device=device)
+def _run_epochs(name: str, epochs: int, step: Callable, optimizer, data: Split, cfg: BTIDBFConfig,
+                device: torch.device, seed: int, tags: tuple, log: Callable[[str], None], hint: str
+                ) -> dict[str, float]:
+    """``epochs`` passes of :func:`core.train.fit` over ``data`` (shuffled, random crop + flip when
+    ``cfg.augment``): ``step(x, y, mods) -> (loss, parts)`` is the forward pass, ``optimizer`` steps. The
+    phase sets its modules' modes itself. Each phase and round (``tags``) has its own random streams. Logs
+    one line; returns the mean of each part over the last epoch."""
     layout = memory_format(device)
-    for x, y in iterate_batches(data.images, data.labels, cfg.batch_size, device, shuffle=True, generator=shuffle):
+
+    def prepare(x, y, extra, rng):
         if cfg.augment:
-            x = random_crop_flip(x, cfg.crop_padding, generator=aug_gen)
-        yield x.contiguous(memory_format=layout), y
+            x = random_crop_flip(x, cfg.crop_padding, generator=rng("augment"))
+        return x.contiguous(memory_format=layout)
 
-
-def _run_epochs(name: str, epochs: int, step: Callable, data: Split, cfg: BTIDBFConfig, device: torch.device,
-                seed: int, tags: tuple, log: Callable[[str], None], hint: str) -> dict[str, float]:
-    """Runs ``step(x, y) -> (loss, parts)`` (which does its own backward and optimizer step) over ``epochs``
-    passes of ``data``; stops on a non-finite loss (:class:`LossGuard`). Logs one line; returns the mean of
-    each part over the last epoch."""
-    guard = LossGuard(hint=hint)
-    means: dict[str, float] = {}
-    bar = tqdm(range(epochs), desc=f"BTI-DBF {name}", leave=False, dynamic_ncols=True, disable=None)
-    for epoch in bar:
-        guard.start_epoch(epoch, device)
-        sums: dict[str, torch.Tensor] = {}
-        seen = 0
-        for i, (x, y) in enumerate(_batches(data, cfg, device, seed, *tags, epoch)):
-            loss, parts = step(x, y)
-            guard.update(loss, i)
-            seen += len(y)
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
-        guard.check()
-        means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
-        bar.set_postfix(loss=f"{means.get('loss', math.nan):.4f}")
+    means = fit(step, {}, data.images, data.labels, optimizer=optimizer, epochs=epochs, batch_size=cfg.batch_size,
+                device=device, seed=seed, streams="bti-dbf-" + "-".join(map(str, tags)) + "-", prepare=prepare,
+                log=log, desc=f"BTI-DBF {name}", hint=hint, log_epochs=False)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
     log(f"BTI-DBF {name}: {epochs} epochs" + (f", last epoch: {summary}" if summary else ""))
     return means
@@ -392,18 +354,15 @@ def decouple_mask(model: Classifier, data: Split, cfg: BTIDBFConfig | None = Non
 
     # The authors keep the classifier in training mode here; it stays frozen in eval mode instead (see the
     # module docstring), so f_b(x) are the features the deployed model computes.
-    def step(x, y):
+    def step(x, y, mods):
         with torch.no_grad(), autocast(device, amp):
             feats = features(model, model.normalize(x)).float()  # f_b does not depend on m: no graph needed
         with autocast(device, amp):
             loss, parts = decoupling_loss(model, mask_from_logits(w), feats, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach(), parts
+        return loss, parts
 
     with _frozen(model):
-        _run_epochs(f"decoupling mask ({tag})", cfg.mask_epochs, step, data, cfg, device, seed, ("mask", tag),
+        _run_epochs(f"decoupling mask ({tag})", cfg.mask_epochs, step, opt, data, cfg, device, seed, ("mask", tag),
                     log, "lower the mask learning rate")
     return mask_from_logits(w.detach())
 
@@ -435,7 +394,7 @@ def pretrain_generator(model: Classifier, gen: nn.Module, data: Split, cfg: BTID
     gen.to(device).to(memory_format=memory_format(device)).train()
     opt = _adam(gen.parameters(), cfg.pretrain_lr)
 
-    def step(x, y):
+    def step(x, y, mods):
         xn = model.normalize(x)
         with torch.no_grad(), autocast(device, amp):
             feats_x = features(model, xn)
@@ -445,13 +404,10 @@ def pretrain_generator(model: Classifier, gen: nn.Module, data: Split, cfg: BTID
             feats_g = features(model, g)
             logits_g = head(model, feats_g)
         loss, parts = pretrain_loss(logits_x, logits_g, feats_x, feats_g, xn, g, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach(), parts
+        return loss, parts
 
     with _frozen(model):
-        _run_epochs("generator pre-training (identity)", cfg.pretrain_epochs, step, data, cfg, device, seed,
+        _run_epochs("generator pre-training (identity)", cfg.pretrain_epochs, step, opt, data, cfg, device, seed,
                     ("pretrain",), log, "lower the pre-training learning rate")
     gen.eval()
     return gen
@@ -492,7 +448,7 @@ def train_generator(model: Classifier, gen: nn.Module, mask: torch.Tensor, data:
     m = mask.to(device).float()
     post = through if through is not None else nn.Identity()
 
-    def step(x, y):
+    def step(x, y, mods):
         xn = model.normalize(x)
         with torch.no_grad(), autocast(device, amp):
             fx = features(model, xn).float()
@@ -511,13 +467,10 @@ def train_generator(model: Classifier, gen: nn.Module, mask: torch.Tensor, data:
             l_target = F.cross_entropy(logits_g.float(), torch.full_like(y, target))
             loss = loss + cfg.target_weight * l_target
             parts["target_ce"] = l_target.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach(), parts
+        return loss, parts
 
     with _frozen(model), _frozen(post):
-        _run_epochs(f"trigger inversion ({tag})", epochs, step, data, cfg, device, seed, ("invert", tag), log,
+        _run_epochs(f"trigger inversion ({tag})", epochs, step, opt, data, cfg, device, seed, ("invert", tag), log,
                     "lower the generator learning rate")
     gen.eval()
     return gen
@@ -600,7 +553,7 @@ def _unlearn_epochs(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFC
     device = _device_of(model)
     mix_gen = generator(seed, "bti-dbf-unlearn-mix", tag, device=device)
 
-    def step(x, y):
+    def step(x, y, mods):
         xn = model.normalize(x)
         with autocast(device, amp):
             x_mix = _mix(xn, gen, cfg, mix_gen)
@@ -611,15 +564,12 @@ def _unlearn_epochs(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFC
             f_mix = features(model, x_mix)
             logits = head(model, f_mix)
         loss, parts = unlearning_loss(logits, f_mix, anchor, y, cfg.unlearn_feature_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach(), parts
+        return loss, parts
 
     model.train()
     try:
         with _frozen(gen):
-            return _run_epochs(f"unlearning ({tag})", cfg.unlearn_epochs, step, data, cfg, device, seed,
+            return _run_epochs(f"unlearning ({tag})", cfg.unlearn_epochs, step, opt, data, cfg, device, seed,
                                ("unlearn", tag), log, "lower the unlearning learning rate")
     finally:
         model.eval()
@@ -711,7 +661,7 @@ def _purify_epochs(model, purifier_unet, gen, data, cfg, *, optimizer, seed, tag
     mix_gen = generator(seed, "bti-dbf-purify-mix", tag, device=device)
     noise_gen = generator(seed, "bti-dbf-purify-noise", tag, device=device)
 
-    def step(x, y):
+    def step(x, y, mods):
         xn = model.normalize(x)
         with autocast(device, amp):
             noisy = _mix(xn, gen, cfg, mix_gen)
@@ -723,13 +673,10 @@ def _purify_epochs(model, purifier_unet, gen, data, cfg, *, optimizer, seed, tag
             feats_p = features(model, p)
             logits_p = head(model, feats_p)
         loss, parts = purification_loss(logits_p, feats_p, feats_x, p, xn, y, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach(), parts
+        return loss, parts
 
     with _frozen(model), _frozen(gen):
-        means = _run_epochs(f"purifier training ({tag})", cfg.purify_epochs, step, data, cfg, device, seed,
+        means = _run_epochs(f"purifier training ({tag})", cfg.purify_epochs, step, opt, data, cfg, device, seed,
                             ("purify", tag), log, "lower the purifier learning rate")
     purifier_unet.eval()
     return means
@@ -770,7 +717,7 @@ def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
         history.append(_purify_epochs(frozen, unet, gen, data, cfg, optimizer=opt_unet, seed=seed, tag=r, amp=amp,
                                       log=log))
     unet.eval().requires_grad_(False)
-    purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std")).to(device).eval()
+    purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise).to(device).eval()
     return purifier, {"target": target, "votes": votes, "rounds": history}
 
 
@@ -778,3 +725,55 @@ __all__ = ["BTIDBFConfig", "GeneratorUNet", "Purifier", "bti_dbf_purify", "bti_d
            "decouple_mask", "decoupling_loss", "detect_target", "feature_shape", "features", "head",
            "inversion_loss", "invert_trigger", "mask_from_logits", "mix_count", "pretrain_generator", "pretrain_loss",
            "purification_loss", "train_generator", "train_purifier", "unlearning_loss"]
+
+
+# -- behind the common defense interface (defend.py --defense BTI-DBF-U / BTI-DBF-P) ----------------------------
+# every BTIDBFConfig field is a setting (flag --<name with dashes>), but the augmentation, which is always on
+_BTI_SETTINGS = [f for f in fields(BTIDBFConfig) if f.name not in ("augment", "crop_padding")]
+
+
+def _bti_checks() -> dict:
+    checks = {}
+    for f in _BTI_SETTINGS:
+        default = getattr(BTIDBFConfig(), f.name)
+        if isinstance(default, int):
+            checks[f.name] = integer(1 if f.name in ("rounds", "batch_size", "generator_channels",
+                                                     "generator_blocks") else 0)
+        else:
+            checks[f.name] = number(0)
+    return checks
+
+
+class _BTIDBFDefense(Defense):
+    labelled = True
+    defaults = {**{f.name: getattr(BTIDBFConfig(), f.name) for f in _BTI_SETTINGS}, "data_fraction": 0.05}
+
+    checks = _bti_checks()
+
+    def config(self) -> BTIDBFConfig:
+        return BTIDBFConfig(**{f.name: self.settings[f.name] for f in _BTI_SETTINGS})
+
+    def _record(self, info: dict) -> None:
+        self.detection = {"target": info["target"], "votes": info["votes"].tolist()}
+
+
+class BTIDBFUnlearn(_BTIDBFDefense):
+    name = "BTI-DBF-U"
+    summary = "BTI-DBF(U): invert the trigger with decoupled benign features, then unlearn it (repairs a copy)"
+
+    def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
+        repaired, info = bti_dbf_unlearn(model, data, self.config(), device=ctx.device, seed=ctx.seed, amp=ctx.amp,
+                                         log=ctx.log)
+        self._record(info)
+        return DeployedModel(repaired)
+
+
+class BTIDBFPurify(_BTIDBFDefense):
+    name = "BTI-DBF-P"
+    summary = "BTI-DBF(P): invert the trigger with decoupled benign features, then train an input purifier"
+
+    def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
+        purifier, info = bti_dbf_purify(model, data, self.config(), device=ctx.device, seed=ctx.seed, amp=ctx.amp,
+                                        log=ctx.log)
+        self._record(info)
+        return DeployedModel(_frozen_copy(model, resolve_device(ctx.device)), purifier)

@@ -30,10 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data import to_float
+from ..data import Split, to_float
 from ..errors import UserError
 from ..seeding import generator
 from ..train import resolve_device
+from ..validate import integer, number
+from .base import Defense, FitContext
+from .bti_dbf import BTIDBFConfig, _frozen_copy, build_generator, pretrain_generator, train_purifier
+from .parts import DeployedModel, Purifier
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal distribution's standard deviation
 
@@ -339,3 +343,59 @@ def neural_cleanse(model: nn.Module, images: torch.Tensor, num_classes: int, con
 
 __all__ = ["NCConfig", "NCResult", "InvertedTrigger", "anomaly_indices", "apply_inverted_trigger", "flagged_classes",
            "mask_and_pattern", "neural_cleanse", "reverse_engineer_triggers", "stamp_each_trigger"]
+
+
+# -- behind the common defense interface (defend.py --defense NC) ------------------------------------------------
+class _StampInNormalizedSpace(nn.Module):
+    """Stamps one inverted trigger onto *normalized* images (the space BTI-DBF's purifier training works in):
+    back to pixels, :func:`apply_inverted_trigger`, normalized again. Plays the role of BTI-DBF's generator G."""
+
+    def __init__(self, normalize: nn.Module, mask: torch.Tensor, pattern: torch.Tensor):
+        super().__init__()
+        self.normalize = normalize
+        self.register_buffer("mask", mask)
+        self.register_buffer("pattern", pattern)
+
+    def forward(self, xn: torch.Tensor) -> torch.Tensor:
+        x = xn * self.normalize.std + self.normalize.mean if self.normalize.enabled else xn
+        return self.normalize(apply_inverted_trigger(x, self.mask.to(x.dtype), self.pattern.to(x.dtype)))
+
+
+class NeuralCleanseDefense(Defense):
+    """Neural Cleanse, then (as the REFINE paper does) input purification with its inverted trigger: a purifier
+    P (BTI-DBF's generator network) is pre-trained toward the identity, then trained exactly like BTI-DBF(P)'s
+    second step with x ⊕ trigger in place of G(x), for the most anomalous class. The deployed model is
+    ``model(P(x))``; NC's verdict (anomaly indices, flagged classes, target) goes to the run's metrics."""
+
+    name = "NC"
+    summary = "Neural Cleanse trigger inversion + MAD detection, then a purifier trained as BTI-DBF(P)'s second step"
+    labelled = True
+    defaults = {"nc_epochs": NCConfig.epochs, "nc_lr": NCConfig.lr, "nc_init_cost": NCConfig.init_cost,
+                "nc_classes_per_pass": 10, "batch_size": 128, "generator_channels": 32, "generator_blocks": 4,
+                "pretrain_epochs": 50, "purify_epochs": 30, "purify_lr": 1e-3, "purify_noise": 0.03,
+                "data_fraction": 0.05}
+
+    checks = {"nc_epochs": integer(1), "nc_lr": number(0, lo_open=True), "nc_init_cost": number(0),
+              "nc_classes_per_pass": integer(1), "generator_channels": integer(1), "generator_blocks": integer(1),
+              "pretrain_epochs": integer(0), "purify_epochs": integer(0), "purify_lr": number(0, lo_open=True),
+              "purify_noise": number(0)}
+
+    def fit(self, model: nn.Module, data: Split, ctx: FitContext) -> DeployedModel:
+        device = resolve_device(ctx.device)
+        frozen = _frozen_copy(model, device)
+        result = neural_cleanse(frozen, data.images, model.spec["num_classes"], device=device, seed=ctx.seed,
+                                log=ctx.log, epochs=self.nc_epochs, lr=self.nc_lr, init_cost=self.nc_init_cost,
+                                batch_size=self.batch_size, classes_per_pass=self.nc_classes_per_pass)
+        self.detection = result.summary()
+        trigger = result.triggers[result.target]
+        ctx.log(f"NC: purifying with the inverted trigger of class {result.target} (mask L1 {trigger.norm:.1f})")
+        cfg = BTIDBFConfig(batch_size=self.batch_size, generator_channels=self.generator_channels,
+                           generator_blocks=self.generator_blocks, pretrain_epochs=self.pretrain_epochs,
+                           purify_epochs=self.purify_epochs, purify_lr=self.purify_lr, purify_noise=self.purify_noise)
+        stamp = _StampInNormalizedSpace(frozen.normalize, trigger.mask, trigger.pattern).to(device)
+        unet = build_generator(cfg, ctx.seed, tag="nc-purifier")
+        pretrain_generator(frozen, unet, data, cfg, seed=ctx.seed, amp=ctx.amp, log=ctx.log)
+        train_purifier(frozen, unet, stamp, data, cfg, seed=ctx.seed, tag="nc", amp=ctx.amp, log=ctx.log)
+        unet.eval().requires_grad_(False)
+        purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise)
+        return DeployedModel(frozen, purifier)

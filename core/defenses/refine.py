@@ -11,62 +11,25 @@ matches the backdoor) while M∘F∘T keeps F's benign predictions.
 """
 from __future__ import annotations
 
-import math
-import time
+import copy
 from typing import Callable
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from ..augment import AUGMENTATIONS
-from ..checkpoint import FORMAT as CLASSIFIER_FORMAT
-from ..checkpoint import atomic_save, classifier_from_spec, safe_load
-from ..data import iterate_batches, memory_format
+from ..data import memory_format
 from ..errors import UserError
 from ..metrics import ba_asr, predict
+from ..data import Split
 from ..models import Classifier, UNet
 from ..seeding import generator
-from ..train import EpochState, LossGuard, autocast, lr_factor, make_optimizer, set_lr, try_compiled
+from ..train import EpochState, autocast, fit, lr_factor, make_optimizer
+from ..validate import boolean, choice, integer, number
+from .base import Defense, FitContext
 from .losses import remapped_loss, supcon_loss
+from .parts import DeployedModel
 from .remap import LabelRemap, random_derangement
-
-DEFENDED_FORMAT = "refine-toolkit/defended-v1"
-
-
-class DefendedModel(nn.Module):
-    """The deployable defense M∘F∘T: images in [0, 1], N×C×H×W -> logits N×K in the original label space."""
-
-    def __init__(self, unet: UNet, classifier: Classifier, remap: LabelRemap):
-        super().__init__()
-        self.unet, self.classifier, self.remap = unet, classifier, remap
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.remap(self.classifier(self.unet(x)))
-
-
-def save_defended(path, model: DefendedModel, unet_channels: int, **meta) -> None:
-    """One file holding T, F and M, loadable alone with :func:`load_defended`."""
-    cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
-    atomic_save({"format": DEFENDED_FORMAT, "unet_channels": unet_channels, "unet": cpu(model.unet.state_dict()),
-                 "classifier": {"format": CLASSIFIER_FORMAT, "spec": model.classifier.spec,
-                                "state_dict": cpu(model.classifier.net.state_dict())},
-                 "permutation": model.remap.permutation.cpu(), "meta": meta}, path)
-
-
-def load_defended(path) -> tuple[DefendedModel, dict]:
-    """Loads a defended model saved by refine.py (``weights_only``); returns (model in eval mode, meta)."""
-    blob = safe_load(path)
-    if blob.get("format") != DEFENDED_FORMAT:
-        raise UserError(f"{path} is not a defended model saved by refine.py (look for defended_model.pth in the run)")
-    spec = blob["classifier"]["spec"]
-    classifier = classifier_from_spec(spec)
-    classifier.net.load_state_dict(blob["classifier"]["state_dict"])
-    unet = UNet(blob["unet_channels"])
-    unet.load_state_dict(blob["unet"])
-    model = DefendedModel(unet, classifier, LabelRemap(blob["permutation"]))
-    return model.eval(), blob.get("meta", {})
-
 
 class REFINE:
     """The defense, usable from Python in the style of BackdoorBox::
@@ -76,13 +39,14 @@ class REFINE:
         labels = defense.predict(x)              # x float in [0, 1], N×C×H×W
         metrics = defense.test(benign_test, poisoned_test)
 
-    ``loss``: 'ce' (paper) or 'bce' (authors' code). ``lam``: weight λ of the supervised contrastive
+    ``unet``: the input transform T, trained in place (a :class:`UNet`; T-MR passes a universal perturbation).
+    ``model``: F, copied and frozen (the caller's module is not modified). ``loss``: 'ce' (paper) or 'bce' (authors' code). ``lam``: weight λ of the supervised contrastive
     term (0 disables it: ablation "w/o SCL"). ``remap=False``: identity mapping (ablation "w/o HRF").
     ``supcon_views``: 2 passes each transformed image twice to SupCon, as the authors' code; 1 once.
     ``pseudo_fp32``: pseudo-labels from an fp32 forward pass even when ``amp`` runs the rest in bf16.
     """
 
-    def __init__(self, unet: UNet, model: Classifier, num_classes: int, seed: int = 0, loss: str = "ce",
+    def __init__(self, unet: nn.Module, model: Classifier, num_classes: int, seed: int = 0, loss: str = "ce",
                  lam: float = 0.1, temperature: float = 0.07, remap: bool = True, device="cpu", amp: bool = True,
                  supcon_views: int = 2, pseudo_fp32: bool = False):
         if loss not in ("ce", "bce"):
@@ -90,17 +54,19 @@ class REFINE:
         self.device = torch.device(device)
         self.layout = memory_format(self.device)
         self.unet = unet.to(self.device).to(memory_format=self.layout)
-        self.model = model.to(self.device).to(memory_format=self.layout).eval()
-        for p in self.model.parameters():  # F is frozen: no gradient to its weights, BN stays in eval mode
-            p.requires_grad_(False)
+        # F is frozen: a copy without gradients to its weights, BatchNorm in eval mode. The caller's model is
+        # left as it was given (fine-tuning it afterwards, e.g. FT + REFINE in one process, still trains it).
+        self.model = copy.deepcopy(model).to(self.device).to(memory_format=self.layout).eval()
+        self.model.requires_grad_(False)
         perm = random_derangement(num_classes, generator(seed, "label-mapping")) if remap else torch.arange(num_classes)
         self.remap = LabelRemap(perm).to(self.device)
         self.loss, self.lam, self.temperature, self.amp, self.seed = loss, lam, temperature, amp, seed
         self.supcon_views, self.pseudo_fp32 = supcon_views, pseudo_fp32
 
     # -- inference --------------------------------------------------------------------------------
-    def defended_model(self) -> DefendedModel:
-        return DefendedModel(self.unet, self.model, self.remap)
+    def defended_model(self) -> DeployedModel:
+        """M∘F∘T as one module (parts: ``transform`` = T, ``classifier`` = the frozen copy of F, ``output_map`` = M)."""
+        return DeployedModel(self.model, self.unet, self.remap)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """T(x): transformed images in [0, 1], same shape as x."""
@@ -150,81 +116,84 @@ class REFINE:
         parts["agree"] = (remapped.argmax(1) == pseudo).float().mean().detach()
         return total, parts
 
-    def _backward(self, opt, x, pseudo, **modules) -> tuple[torch.Tensor, dict]:
-        """Loss of one batch and its gradients in T's parameters (``modules``: compiled T and F, if any)."""
-        loss, parts = self.losses(x, pseudo, **modules)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss, parts
-
     def train(self, images: torch.Tensor, *, epochs: int = 150, batch_size: int = 256, lr: float = 0.01,
               optimizer: str = "SGD", momentum: float = 0.9, weight_decay: float = 5e-4,
               schedule: str = "multistep", milestones=(100, 130), gamma: float = 0.8, augment: str = "refine",
               pseudo_labels: str = "augmented", compile: bool = False, fused: bool = False,
               state_path=None, fingerprint: dict | None = None, evaluate: Callable[[int], dict] | None = None,
-              eval_every: int = 10, log: Callable[[str], None] = print) -> UNet:
-        """Trains T on unlabeled uint8 images N×C×H×W (labels are never used).
+              eval_every: int = 10, log: Callable[[str], None] = print) -> nn.Module:
+        """Trains T on unlabeled uint8 images N×C×H×W (labels are never used), through :func:`core.train.fit`.
 
         ``pseudo_labels``: 'augmented' takes ȳ = argmax F(x) of each augmented batch (the authors' code);
         'clean' computes ȳ once from the un-augmented images (F is frozen, so they never change) and saves
         one forward pass of F per step. ``compile``: run T and F through ``torch.compile`` on full batches
         (falls back to eager mode, with a warning, where compilation fails); ``fused``: fused optimizer
-        kernels on CUDA. Resumable through
-        ``state_path`` like :func:`core.train.train_classifier`; ``evaluate(epoch)`` runs every
-        ``eval_every`` epochs and after the last. A non-finite loss raises ``DivergedError`` and keeps the
-        state of the last good epoch (:class:`core.train.LossGuard`).
+        kernels on CUDA. Resumable through ``state_path`` like :func:`core.train.train_classifier`;
+        ``evaluate(epoch)`` runs every ``eval_every`` epochs and after the last. A non-finite loss raises
+        ``DivergedError`` and keeps the state of the last good epoch (:class:`core.train.LossGuard`).
         """
         if pseudo_labels not in ("augmented", "clean"):
             raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
         opt = make_optimizer(self.unet.parameters(), optimizer, lr, momentum, weight_decay, fused=fused)
-        state = EpochState(state_path, {"unet": self.unet}, opt, fingerprint or {}) if state_path else None
-        start = state.load() if state else 0
-        if start:
-            log(f"resuming REFINE from the end of epoch {start}/{epochs} ({state_path})")
         images = images.to(self.device)
         if pseudo_labels == "clean":
             labels = self.pseudo_labels(images).to(self.device)
             log(f"pseudo-labels of the {len(labels)} clean images: class counts {torch.bincount(labels).tolist()}")
         else:
             labels = torch.full((len(images),), -1, dtype=torch.int64, device=self.device)  # -1: take F(x) per batch
-        fast = {"unet": torch.compile(self.unet), "model": torch.compile(self.model)} if compile else {}
-        steps = math.ceil(len(images) / batch_size)
         augment_fn = AUGMENTATIONS[augment]
-        guard = LossGuard(every=10)
-        for epoch in range(start, epochs):
-            self.unet.train()
-            guard.start_epoch(epoch, self.device)
-            self.model.eval()  # F stays frozen, BatchNorm included
-            shuffle = generator(self.seed, "refine-shuffle", epoch)
-            aug_gen = generator(self.seed, "refine-augment", epoch, device=self.device)
-            sums, seen, t0 = {}, 0, time.time()
-            bar = tqdm(iterate_batches(images, labels, batch_size, self.device, shuffle=True, generator=shuffle),
-                       total=steps, desc=f"REFINE epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                       disable=None)
-            for step, (x, y) in enumerate(bar):
-                set_lr(opt, lr, lr_factor(schedule, epoch + step / steps, epochs, milestones, gamma))
-                x = augment_fn(x, generator=aug_gen).contiguous(memory_format=self.layout)
-                pseudo = y if pseudo_labels == "clean" else None
-                # the last, smaller batch runs eagerly: a second compilation for its shape would cost more
-                if fast and len(x) == batch_size:
-                    (loss, parts), fast = try_compiled(lambda mods: self._backward(opt, x, pseudo, **mods), fast, {},
-                                                       log)
-                else:
-                    loss, parts = self._backward(opt, x, pseudo)
-                opt.step()
-                guard.update(loss, step)
-                seen += len(x)
-                for k, v in {"loss": loss.detach(), **parts}.items():
-                    sums[k] = sums.get(k, 0) + v * len(x)
-                if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
-                    bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-            guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
-            means = {k: (v / seen).item() for k, v in sums.items()}
-            log(f"REFINE epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-                + f", {seen / (time.time() - t0):.0f} img/s, lr {opt.param_groups[0]['lr']:.5f}")
-            if evaluate and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                evaluate(epoch + 1)
-            if state:
-                state.save(epoch + 1)
+
+        def prepare(x, y, extra, rng):
+            return augment_fn(x, generator=rng("augment")).contiguous(memory_format=self.layout)
+
+        def loss_fn(x, y, mods):
+            return self.losses(x, y if pseudo_labels == "clean" else None, unet=mods["unet"], model=mods["model"])
+
+        modules = {"unet": self.unet, "model": self.model}
+        fit(loss_fn, modules, images, labels, optimizer=opt, epochs=epochs, batch_size=batch_size,
+            device=self.device, seed=self.seed, streams="refine-", trainable=("unet",), prepare=prepare, lr=lr,
+            lr_at=lambda progress: lr_factor(schedule, progress, epochs, milestones, gamma), compile=compile,
+            state=EpochState(state_path, {"unet": self.unet}, opt, fingerprint or {}) if state_path else None,
+            evaluate=evaluate, eval_every=eval_every, log=log, desc="REFINE epoch", guard_every=10)
         self.unet.eval()
         return self.unet
+
+
+class RefineDefense(Defense):
+    """REFINE behind the common defense interface (``refine.py`` / ``defend.py --defense REFINE``): trains T
+    on the defender's *unlabeled* images; the deployed model is M∘F∘T with the given model F frozen."""
+
+    name = "REFINE"
+    summary = "UNet input transform + label derangement around the frozen model, unlabeled data (the paper)"
+    preset_task = "refine"
+    # The paper's settings (Section 5.1, Appendix C): refine.py's defaults.
+    defaults = {
+        "unet_channels": 64, "loss": "ce", "sup": 0.1, "temperature": 0.07, "remap": True,
+        "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 150, "batch_size": 256,
+        "schedule": "multistep", "milestones": [100, 130], "decay": 0.8, "augment": "refine",
+        "pseudo_labels": "augmented",
+        "supcon_views": 2, "pseudo_fp32": False,  # the authors' SupCon call (two identical views); bf16 pseudo-labels on CUDA
+        "data_fraction": 1.0,
+    }
+    checks = {"unet_channels": integer(1), "loss": choice(("ce", "bce")), "sup": number(0),
+              "temperature": number(0, lo_open=True), "remap": boolean(), "decay": number(0, lo_open=True),
+              "pseudo_labels": choice(("augmented", "clean")), "supcon_views": choice((1, 2)), "pseudo_fp32": boolean()}
+
+    def transform(self, data: Split) -> nn.Module:
+        """T before training (T-MR overrides it)."""
+        return UNet(self.unet_channels)
+
+    def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
+        torch.manual_seed(ctx.seed)  # T's initial weights
+        refine = REFINE(self.transform(data), model, model.spec["num_classes"], seed=ctx.seed, loss=self.loss,
+                        lam=self.sup, temperature=self.temperature, remap=self.remap, device=ctx.device, amp=ctx.amp,
+                        supcon_views=self.supcon_views, pseudo_fp32=self.pseudo_fp32)
+        ctx.log(f"label mapping (class j -> position): {refine.remap.permutation.tolist()}")
+        evaluate = (lambda epoch: ctx.evaluate(refine.defended_model(), epoch)) if ctx.evaluate else None
+        refine.train(data.images, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                     momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
+                     milestones=self.milestones, gamma=self.decay, augment=self.augment,
+                     pseudo_labels=self.pseudo_labels, compile=ctx.compile, fused=ctx.fused,
+                     state_path=ctx.state_path("train_state.pth"),
+                     fingerprint=ctx.fingerprint, evaluate=evaluate, eval_every=ctx.eval_every, log=ctx.log)
+        return refine.defended_model()

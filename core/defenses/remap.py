@@ -22,6 +22,8 @@ class LabelRemap(nn.Module):
     LongTensor K; the identity permutation gives the ablation "w/o HRF" (no remapping).
     """
 
+    part_name = "derangement"  # as a part of a deployed defense (core.defenses.parts)
+
     def __init__(self, permutation: torch.Tensor):
         super().__init__()
         self.register_buffer("permutation", permutation.clone().long())
@@ -29,3 +31,6 @@ class LabelRemap(nn.Module):
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         return scores[:, self.inverse]  # out[:, k] = x[:, π⁻¹(k)]
+
+    def part_spec(self) -> dict:
+        return {"num_classes": len(self.permutation)}

@@ -17,6 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import Split
+from ..models import Classifier
+from ..validate import integer
+from .base import Defense, FitContext, frozen_copy
+from .parts import DeployedModel
+
 from ..errors import UserError
 
 
@@ -77,3 +83,23 @@ class ShrinkPad(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad_size={self.pad_size}"
+
+    part_name = "shrinkpad"  # as a part of a deployed defense (core.defenses.parts)
+
+    def part_spec(self) -> dict:
+        return {"pad_size": self.pad_size}
+
+
+class ShrinkPadDefense(Defense):
+    """ShrinkPad behind the common defense interface: no training, no data; the deployed model is
+    ``model(ShrinkPad(pad_size)(x))`` with the model given (a frozen copy). Sweep ``pad_size`` for the
+    trade-off of the REFINE paper's Figure 2."""
+
+    name = "ShrinkPad"
+    summary = "shrink each image by pad_size pixels and pad it back at a random offset (test time only)"
+    defaults = {"pad_size": 4, "data_fraction": 0.05}
+    checks = {"pad_size": integer(1)}
+
+    def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
+        check_pad_size(self.pad_size, *data.images.shape[2:])
+        return DeployedModel(frozen_copy(model, ctx.device), ShrinkPad(self.pad_size))

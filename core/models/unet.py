@@ -61,9 +61,12 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
+    part_name = "unet"  # as a part of a deployed defense (core.defenses.parts)
+
     def __init__(self, channels: int = 64, in_channels: int = 3, out_channels: int = 3):
         super().__init__()
         c = channels
+        self.channels = channels  # recorded in saved defenses: the part is rebuilt from it (core.defenses.parts)
         self.inc = DoubleConv(in_channels, c)
         self.down1, self.down2, self.down3 = Down(c, 2 * c), Down(2 * c, 4 * c), Down(4 * c, 8 * c)
         self.down4 = Down(8 * c, 8 * c)
@@ -82,3 +85,6 @@ class UNet(nn.Module):
         x5 = self.down4(x4)
         x = self.up4(self.up3(self.up2(self.up1(x5, x4), x3), x2), x1)
         return self.outc(x).clamp(0, 1)
+
+    def part_spec(self) -> dict:
+        return {"channels": self.channels}

@@ -1,0 +1,22 @@
+"""T-MR: traditional model reprogramming (Elsayed et al., ICLR 2019) as a backdoor defense (REFINE paper,
+Appendix D.6, Table 10). REFINE's method with T = one universal additive perturbation instead of the UNet:
+x -> clamp(x + δ, 0, 1), δ of the image's shape, trained with REFINE's loss and label derangement."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..data import Split
+from .parts import UniversalPerturbation
+from .refine import RefineDefense
+
+
+class TMR(RefineDefense):
+    name = "T-MR"
+    summary = "REFINE with a universal additive perturbation instead of the UNet (paper Appendix D.6)"
+    preset_task = "defense"
+    defaults = {k: v for k, v in RefineDefense.defaults.items() if k != "unet_channels"}
+    checks = {k: v for k, v in RefineDefense.checks.items() if k != "unet_channels"}
+
+    def transform(self, data: Split) -> nn.Module:
+        _, channels, height, width = data.images.shape
+        return UniversalPerturbation(channels, height, width)

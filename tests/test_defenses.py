@@ -1,0 +1,157 @@
+"""The common defense interface: parts saved and reloaded by one loader, no defense mutates the model it is
+given, the one training loop, and defend.py's errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.defenses import (DEFENSES, BTIDBFPurify, BTIDBFUnlearn, DeployedModel, FineTuning, FitContext, REFINE,
+                           RefineDefense, ShrinkPadDefense, TMR, defense_class, load_deployed, save_deployed)
+from core.defenses.parts import PARTS, spec_of
+from core.errors import UserError
+from core.models import UNet, build_classifier
+from core.train import fit, train_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = FitContext(device="cpu", log=lambda message: None)
+TINY_BTI = dict(rounds=1, mask_epochs=1, pretrain_epochs=1, inversion_epochs=1, unlearn_epochs=1, purify_epochs=1,
+                generator_channels=4, generator_blocks=2, batch_size=16)
+
+
+def _model(seed=0, classes=4):
+    torch.manual_seed(seed)
+    return build_classifier("ResNet18", "CIFAR10", classes, width=4)
+
+
+def _snapshot(model):
+    """Everything a defense could change in place: weights, BatchNorm buffers, modes, requires_grad."""
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+def _same(model, snapshot):
+    state, modes, grads = snapshot
+    return (all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+            and [m.training for m in model.modules()] == modes and [p.requires_grad for p in model.parameters()] == grads)
+
+
+@pytest.mark.parametrize("defense", [
+    RefineDefense(unet_channels=4, epochs=1, batch_size=16, optimizer="Adam", lr=1e-3),
+    TMR(epochs=1, batch_size=16, optimizer="Adam", lr=1e-3),
+    ShrinkPadDefense(pad_size=2),
+    BTIDBFPurify(**TINY_BTI),
+], ids=lambda d: d.name)
+def test_defenses_leave_the_given_model_bit_identical(defense, synthetic):
+    model = _model().train()  # in training mode on purpose: a defense must not switch it either
+    before = _snapshot(model)
+    deployed = defense.fit(model, synthetic(32, size=16), QUIET)
+    assert isinstance(deployed, DeployedModel)
+    assert _same(model, before), f"{defense.name} changed the model it was given"
+    assert deployed.classifier is not model
+
+
+def test_bti_dbf_u_repairs_a_copy_and_p_keeps_the_weights(synthetic):
+    model = _model().eval()
+    before = _snapshot(model)
+    data = synthetic(32, size=16)
+    repaired = BTIDBFUnlearn(**TINY_BTI).fit(model, data, QUIET).classifier
+    purified = BTIDBFPurify(**TINY_BTI).fit(model, data, QUIET).classifier
+    assert _same(model, before)
+    changed = [k for k, v in repaired.state_dict().items() if not torch.equal(v, before[0][k])]
+    assert changed, "BTI-DBF(U) must change (a copy of) the model"
+    assert all(torch.equal(v, before[0][k]) for k, v in purified.state_dict().items()), "BTI-DBF(P) keeps F as it is"
+
+
+def test_fine_tuning_the_same_model_after_refine_still_trains(synthetic):
+    # the bug the interface removed: REFINE froze the caller's model in place, so FT afterwards trained nothing
+    model = _model()
+    REFINE(UNet(4), model, num_classes=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_classifier(model, synthetic(32, size=16), epochs=1, batch_size=16, lr=0.05, log=lambda m: None)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("defense", [
+    RefineDefense(unet_channels=4, epochs=1, batch_size=16),
+    TMR(epochs=1, batch_size=16),
+    ShrinkPadDefense(pad_size=2),
+    FineTuning(ft_epochs=1, ft_batch_size=16),
+    BTIDBFPurify(**TINY_BTI),
+], ids=lambda d: d.name)
+def test_every_deployed_model_reloads_from_its_parts_alone(defense, synthetic, tmp_path):
+    deployed = defense.fit(_model(), synthetic(32, size=16), QUIET).eval()
+    save_deployed(tmp_path / "d.pth", deployed, defense=defense.name)
+    loaded, meta = load_deployed(tmp_path / "d.pth")
+    assert meta["defense"] == defense.name and loaded.describe() == deployed.describe()
+    x = torch.rand(5, 3, 16, 16)
+    torch.manual_seed(1)
+    expected = deployed(x)
+    torch.manual_seed(1)  # ShrinkPad and the purifier's noise are random: the same draws
+    assert torch.allclose(loaded(x), expected, atol=1e-6)
+
+
+def test_parts_registry_rebuilds_each_part_from_its_spec():
+    for part in (UNet(4), ShrinkPadDefense(pad_size=3).fit(_model(), _tiny_images(), QUIET).transform):
+        name, spec = spec_of(part)
+        assert type(PARTS[name](**spec)) is type(part)
+    with pytest.raises(TypeError, match="not a part"):
+        spec_of(torch.nn.Conv2d(3, 3, 1))
+
+
+def _tiny_images():
+    from core.data import Split
+    return Split(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), ("a",), "zeros")
+
+
+def test_legacy_refine_file_loads_as_parts(tmp_path):
+    from core.checkpoint import FORMAT, atomic_save
+    model = _model(classes=10).eval()
+    unet = UNet(4).eval()
+    perm = torch.roll(torch.arange(10), 1)
+    atomic_save({"format": "refine-toolkit/defended-v1", "unet_channels": 4, "unet": unet.state_dict(),
+                 "classifier": {"format": FORMAT, "spec": model.spec, "state_dict": model.net.state_dict()},
+                 "permutation": perm, "meta": {"dataset": "CIFAR10"}}, tmp_path / "old.pth")
+    loaded, meta = load_deployed(tmp_path / "old.pth")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(unet(x))[:, torch.argsort(perm)]
+    assert meta["defense"] == "REFINE" and torch.allclose(loaded(x), expected, atol=1e-6)
+
+
+def test_fit_averages_the_parts_and_sets_modes_by_name():
+    lin, frozen = torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1)
+    seen_modes = []
+
+    def loss_fn(x, y, mods):
+        seen_modes.append((mods["lin"].training, mods["bn"].training))
+        out = mods["lin"](x.float())
+        return ((out.squeeze(1) - y) ** 2).mean(), {"half": torch.tensor(0.5)}
+
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    means = fit(loss_fn, {"lin": lin, "bn": frozen}, torch.randn(10, 2), torch.randn(10), optimizer=opt, epochs=2,
+                batch_size=4, device="cpu", trainable=("lin",), log=lambda m: None)
+    assert set(seen_modes) == {(True, False)}
+    assert means["half"] == pytest.approx(0.5) and "loss" in means
+
+
+def test_defense_names_and_aliases():
+    assert set(DEFENSES) == {"REFINE", "BTI-DBF-P", "BTI-DBF-U", "NC", "ShrinkPad", "T-MR", "FT", "FT+REFINE"}
+    assert defense_class("BTI-DBF(P)") is BTIDBFPurify and defense_class("tmr") is TMR
+    with pytest.raises(UserError, match="unknown defense 'Magic'; choose one of REFINE"):
+        defense_class("Magic")
+
+
+def _defend(*args):
+    return subprocess.run([sys.executable, str(ROOT / "defend.py"), *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_defend_cli_refuses_another_defenses_setting_and_unknown_names():
+    r = _defend("--defense", "ShrinkPad", "--rounds", "3")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "--rounds is a setting of BTI-DBF-P, BTI-DBF-U, not of ShrinkPad" in r.stderr
+    r = _defend("--defense", "Magic")
+    assert r.returncode == 2 and "unknown defense 'Magic'" in r.stderr
+    r = _defend("--defense", "BTI-DBF-P", "--rounds", "0", "--model-path", str(ROOT / "README.md"))
+    assert r.returncode == 2 and "--rounds must be an integer >= 1, got 0" in r.stderr
