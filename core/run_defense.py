@@ -131,6 +131,23 @@ def _defender_data(config: dict, train, defense_cls):
     return data
 
 
+def write_preview(path, deployed, defense, test, poisoned_test, seed: int, count: int = 10) -> Path:
+    """A PNG grid, one column per test image: clean; the defense's own rows (BTI-DBF: inverted G(x)); poisoned;
+    the poisoned image after the deployed input transform (REFINE's T(x), the purified image, ShrinkPad's)."""
+    from .attacks.base import write_png
+    from .data import to_float
+
+    clean = to_float(test.images[:count])
+    rows = [clean, *defense.preview_rows(clean).values()]
+    if poisoned_test is not None:
+        poisoned = to_float(poisoned_test.images[:count])
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            rows += [poisoned, deployed.transform(poisoned)]
+    grid = torch.cat([torch.cat(list(row.float().clamp(0, 1)), dim=2) for row in rows], dim=1)
+    return write_png(grid, path, upscale=max(1, 96 // clean.shape[-1]))
+
+
 def run_defense(config: dict) -> dict:
     """Defends a trained classifier as ``config`` says; returns ``{'no_defense': metrics, 'defense': metrics,
     'detection': dict}`` (metrics: BA/ASR with exact counts).
@@ -214,6 +231,7 @@ def run_defense(config: dict) -> dict:
         atomic_text(folder / "label_mapping.json", json.dumps(
             {"permutation": deployed.output_map.permutation.tolist(),
              "meaning": "the score of original class j is moved to position permutation[j]"}, indent=2))
+    write_preview(folder / "preview.png", deployed, defense, test, poisoned_test, config["seed"])
     save_deployed(folder / "defended_model.pth", deployed, defense=defense_cls.name, dataset=config["dataset"],
                   attack=attack_config, trigger=trigger, source_model=str(model_path), final_metrics=final,
                   detection=defense.detection)

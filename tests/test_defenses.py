@@ -155,3 +155,16 @@ def test_defend_cli_refuses_another_defenses_setting_and_unknown_names():
     assert r.returncode == 2 and "unknown defense 'Magic'" in r.stderr
     r = _defend("--defense", "BTI-DBF-P", "--rounds", "0", "--model-path", str(ROOT / "README.md"))
     assert r.returncode == 2 and "--rounds must be an integer >= 1, got 0" in r.stderr
+
+
+def test_preview_grid_has_a_row_per_stage(synthetic, tmp_path):
+    import cv2
+
+    from core.run_defense import write_preview
+    data = synthetic(8, size=16)
+    defense = BTIDBFPurify(**TINY_BTI)
+    deployed = defense.fit(_model(), data, QUIET).cpu()
+    path = write_preview(tmp_path / "p.png", deployed, defense, data, data, seed=0, count=4)
+    image = cv2.imread(str(path))
+    # rows: clean, inverted G(x), poisoned, purified; each 16 px upscaled 6x
+    assert image.shape[:2] == (4 * 16 * 6, 4 * 16 * 6)

@@ -70,6 +70,10 @@ class Defense:
         defender's ``data`` (uint8 images N×C×H×W; labels are read only when ``labelled``)."""
         raise NotImplementedError
 
+    def preview_rows(self, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra rows for the run's preview.png, computed from clean images in [0, 1] (BTI-DBF: G(x))."""
+        return {}
+
     def __getattr__(self, key):  # settings read as attributes: self.epochs
         settings = self.__dict__.get("settings", {})
         if key in settings:

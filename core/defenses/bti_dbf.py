@@ -613,7 +613,7 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
         del frozen
         history.append(_unlearn_epochs(repaired, gen, data, cfg, opt_model, seed=seed, tag=r, amp=amp, log=log))
     repaired.eval().requires_grad_(False)
-    return repaired, {"target": target, "votes": votes, "rounds": history}
+    return repaired, {"target": target, "votes": votes, "rounds": history, "generator": gen.eval()}
 
 
 # -- (5) BTI-DBF(P): purification ----------------------------------------------------------------------------
@@ -718,7 +718,7 @@ def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
                                       log=log))
     unet.eval().requires_grad_(False)
     purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise).to(device).eval()
-    return purifier, {"target": target, "votes": votes, "rounds": history}
+    return purifier, {"target": target, "votes": votes, "rounds": history, "generator": gen.eval()}
 
 
 __all__ = ["BTIDBFConfig", "GeneratorUNet", "Purifier", "bti_dbf_purify", "bti_dbf_unlearn", "build_generator",
@@ -753,8 +753,14 @@ class _BTIDBFDefense(Defense):
     def config(self) -> BTIDBFConfig:
         return BTIDBFConfig(**{f.name: self.settings[f.name] for f in _BTI_SETTINGS})
 
-    def _record(self, info: dict) -> None:
+    def _record(self, info: dict, model: Classifier) -> None:
         self.detection = {"target": info["target"], "votes": info["votes"].tolist()}
+        # G as an image transform, for the preview grid (inverted poisoned images G(x), as the paper's Figure 3)
+        self.inverted = Purifier(info["generator"], model.spec.get("mean"), model.spec.get("std")).cpu()
+
+    def preview_rows(self, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return {"inverted G(x)": self.inverted(clean)}
 
 
 class BTIDBFUnlearn(_BTIDBFDefense):
@@ -764,7 +770,7 @@ class BTIDBFUnlearn(_BTIDBFDefense):
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         repaired, info = bti_dbf_unlearn(model, data, self.config(), device=ctx.device, seed=ctx.seed, amp=ctx.amp,
                                          log=ctx.log)
-        self._record(info)
+        self._record(info, model)
         return DeployedModel(repaired)
 
 
@@ -775,5 +781,5 @@ class BTIDBFPurify(_BTIDBFDefense):
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         purifier, info = bti_dbf_purify(model, data, self.config(), device=ctx.device, seed=ctx.seed, amp=ctx.amp,
                                         log=ctx.log)
-        self._record(info)
+        self._record(info, model)
         return DeployedModel(_frozen_copy(model, resolve_device(ctx.device)), purifier)
