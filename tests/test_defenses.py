@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.defenses import (DEFENSES, BTIDBFPurify, BTIDBFUnlearn, DeployedModel, FineTuning, FitContext, REFINE,
-                           RefineDefense, ShrinkPadDefense, TMR, defense_class, load_deployed, save_deployed)
+from core.defenses import (DEFENSES, BTIDBFPurify, BTIDBFUnlearn, DeployedModel, FineTuning, FitContext,
+                           NeuralCleanseDefense, REFINE, RefineDefense, ShrinkPadDefense, TMR, defense_class, load_deployed, save_deployed)
 from core.defenses.parts import PARTS, spec_of
 from core.errors import UserError
 from core.models import UNet, build_classifier
@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = FitContext(device="cpu", log=lambda message: None)
 TINY_BTI = dict(rounds=1, mask_epochs=1, pretrain_epochs=1, inversion_epochs=1, unlearn_epochs=1, purify_epochs=1,
                 generator_channels=4, generator_blocks=2, batch_size=16)
+TINY_NC = dict(nc_epochs=1, pretrain_epochs=1, purify_epochs=1, generator_channels=4, generator_blocks=2, batch_size=16)
 
 
 def _model(seed=0, classes=4):
@@ -42,6 +43,9 @@ def _same(model, snapshot):
     TMR(epochs=1, batch_size=16, optimizer="Adam", lr=1e-3),
     ShrinkPadDefense(pad_size=2),
     BTIDBFPurify(**TINY_BTI),
+    BTIDBFUnlearn(**TINY_BTI),
+    NeuralCleanseDefense(**TINY_NC),
+    FineTuning(ft_epochs=1, ft_batch_size=16),
 ], ids=lambda d: d.name)
 def test_defenses_leave_the_given_model_bit_identical(defense, synthetic):
     model = _model().train()  # in training mode on purpose: a defense must not switch it either
@@ -79,6 +83,7 @@ def test_fine_tuning_the_same_model_after_refine_still_trains(synthetic):
     ShrinkPadDefense(pad_size=2),
     FineTuning(ft_epochs=1, ft_batch_size=16),
     BTIDBFPurify(**TINY_BTI),
+    NeuralCleanseDefense(**TINY_NC),
 ], ids=lambda d: d.name)
 def test_every_deployed_model_reloads_from_its_parts_alone(defense, synthetic, tmp_path):
     deployed = defense.fit(_model(), synthetic(32, size=16), QUIET).eval()

@@ -98,7 +98,7 @@ class ShrinkPadDefense(Defense):
     name = "ShrinkPad"
     summary = "shrink each image by pad_size pixels and pad it back at a random offset (test time only)"
     defaults = {"pad_size": 4, "data_fraction": 0.05}
-    checks = {"pad_size": integer(1)}
+    checks = {"pad_size": integer(0)}  # 0: the identity, the start of a sweep
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         check_pad_size(self.pad_size, *data.images.shape[2:])

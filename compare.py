@@ -1,0 +1,75 @@
+"""Compare defenses against attacks: run what is missing, then write the paper's Tables 1-2 layout.
+
+    python compare.py --dataset CIFAR10 --attacks BadNets Blended --defenses REFINE BTI-DBF-P BTI-DBF-U NC \\
+        ShrinkPad T-MR FT --preset mini --out-table docs/tables/compare_mini
+    python compare.py --attacks BadNets Blended --defenses NC FT --preset mini --table-only   # runs nothing
+
+For each attack, attack.py's job first (a finished run of the same settings is reused, an unfinished one
+resumed), then each defense's job (defend.py's) on that model. A job that fails is reported in one line and
+the comparison goes on. --preset, --device, --seed, --data-root, --attack-dir, --allow-embedded and
+--test-size go to every job; --attack-config / --defense-config are the jobs' --config files (a defense
+config may hold per-defense sections, e.g. ``FT: {ft_epochs: 1}``). Every number is read from the runs'
+metrics.json. Writes <out-table>.md (BA/ASR per attack and defense, a failed defense - ASR > 10 % or BA more
+than 10 points below the BA without defense - marked ✗, missing cells —; the detected target classes of
+BTI-DBF and NC; the metrics.json of each cell), <out-table>.csv (with a `<DEFENSE> failed` column) and, when a
+defense detects, <out-table>_detection.csv.
+"""
+from core.cli import main_guard, new_parser, str2bool
+from core.compare import compare, markdown, table_only_results, write_tables
+from core.data import DATASETS
+from core.defenses import DEFENSES
+from core.errors import UserError
+from core.models import MODEL_NAMES
+
+DEFAULT_DEFENSES = ["REFINE", "BTI-DBF-P", "BTI-DBF-U", "NC", "ShrinkPad", "T-MR", "FT"]
+
+
+def parse_args(argv=None):
+    p = new_parser(__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=list(DATASETS))
+    p.add_argument("--model", choices=MODEL_NAMES)
+    p.add_argument("--attacks", nargs="+", required=True, help="attack names (rows of the table)")
+    p.add_argument("--defenses", nargs="+", default=DEFAULT_DEFENSES,
+                   help=f"defense names (columns), of {', '.join(DEFENSES)}")
+    p.add_argument("--preset", help="every job's preset (attack: configs/attack/, defenses: configs/defense/, "
+                                    "REFINE: configs/refine/); the paper's settings without one")
+    p.add_argument("--attack-config", dest="attack_config", help="YAML options for every attack.py job")
+    p.add_argument("--defense-config", dest="defense_config", help="YAML options for every defense job "
+                                                                   "(per-defense sections allowed)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 or a GPU index")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")
+    p.add_argument("--attack-dir", dest="attack_dir", help="root of attack.py outputs (default attack/)")
+    p.add_argument("--defense-dir", dest="defense_dir",
+                   help="root of the defense outputs (default defense_res/, REFINE: refine_res/)")
+    p.add_argument("--allow-embedded", dest="allow_embedded", type=str2bool)
+    p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
+    p.add_argument("--out-table", dest="out_table",
+                   help="path of the tables without extension (default results/compare_<DATASET>_<preset>)")
+    p.add_argument("--table-only", dest="table_only", action="store_true",
+                   help="run nothing: the table of the newest matching finished runs")
+    p.add_argument("--skip-missing", dest="skip_missing", action="store_true",
+                   help="train no attack model: defend attack.py's latest finished model of each attack, skip "
+                        "an attack that has none")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dataset = getattr(args, "dataset", "CIFAR10")
+    run = table_only_results if getattr(args, "table_only", False) else compare
+    results, sources, failed = run(args)
+    stem = getattr(args, "out_table", None) or f"results/compare_{dataset}_{getattr(args, 'preset', None) or 'paper'}"
+    title = (f"{dataset} / {getattr(args, 'model', 'ResNet18')}, preset {getattr(args, 'preset', None) or 'paper'}: "
+             f"BA / ASR (%)")
+    defenses = [d for _, d, _ in results if d is not None]
+    print(markdown(results, defenses=defenses, title=title, sources=sources))
+    written = write_tables(results, stem, defenses=defenses, title=title, sources=sources)
+    print("tables: " + ", ".join(map(str, written)))
+    if failed:
+        raise UserError(f"{len(failed)} job(s) failed ({', '.join(failed)}); their cells are empty, the others "
+                        f"are in the tables")
+
+
+if __name__ == "__main__":
+    main_guard(main)
