@@ -100,7 +100,7 @@ def table1_rows(roots, preset: str | None = None) -> list[dict]:
             continue
         if metrics.get("no_defense") is None:
             attacks[config.get("attack")] = folder
-        elif config.get("model_path"):
+        elif config.get("model_path") and config.get("defense", "REFINE") == "REFINE":  # older runs: no key
             defended = Path(config["model_path"]).parent
             defenses[(defended.parent.name, defended.name)] = folder  # (attack, attack run folder name)
     rows = []

@@ -30,3 +30,23 @@ def test_rows_come_from_metrics_and_unfinished_runs_are_skipped(tmp_path):
     assert row(runs[0])["data"] == "embedded sample" and row(runs[0])["kind"] == "attack"
     table = format_table([row(r) for r in runs], markdown=True)
     assert table.count("\n") == 3 and "| defense | Blended | mini | full | 80.12 | 99.50 | 70.00 | 2.25 |" in table
+
+
+def test_table1_pairs_each_attack_run_with_refine_only(tmp_path):
+    from core.summary import table1_rows
+
+    def run(folder, final, config, no_defense=None):
+        folder.mkdir(parents=True)
+        metrics = {"final": final, **({"no_defense": no_defense} if no_defense else {})}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "config.yaml").write_text(yaml.safe_dump({"preset": "mini", **config}))
+
+    attack_run = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets" / "mini_seed0_a"
+    run(attack_run, {"BA": 81.6, "ASR": 99.98}, {"attack": "BadNets"})
+    model = str(attack_run / "model.pth")
+    run(tmp_path / "refine_res" / "r", {"BA": 74.22, "ASR": 2.86}, {"attack": "BadNets", "model_path": model},
+        no_defense={"BA": 81.6, "ASR": 99.98})  # a REFINE run of an earlier version: no `defense` key
+    run(tmp_path / "refine_res" / "z_ft", {"BA": 79.62, "ASR": 82.64},
+        {"attack": "BadNets", "model_path": model, "defense": "FT"}, no_defense={"BA": 81.6, "ASR": 99.98})
+    [row] = table1_rows([tmp_path / "attack", tmp_path / "refine_res"], preset="mini")
+    assert (row["REFINE BA"], row["REFINE ASR"], row["BA drop"]) == ("74.22", "2.86", "7.38")
