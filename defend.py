@@ -13,7 +13,7 @@ refine.py): log.txt, metrics.json (BA/ASR before and after, a detection result w
 config.yaml, defended_model.pth (input transform, classifier, output map; loadable with
 core.load_deployed). Run the same command again to resume; a finished run is reported, not retrained.
 """
-from core.cli import int_list, main_guard, new_parser, str2bool
+from core.cli import int_list, main_guard, new_parser, str2bool, value_type
 from core.config import resolve
 from core.data import DATASETS
 from core.defenses import DEFENSES, defense_class
@@ -21,18 +21,6 @@ from core.errors import UserError
 from core.models import MODEL_NAMES, NORMALIZATIONS
 from core.runlog import format_metrics
 from core.run_defense import all_defense_settings, defaults_for, evaluate_run, run_defense
-
-
-def _kind(default):
-    if isinstance(default, bool):
-        return str2bool
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    if isinstance(default, (list, tuple)):
-        return int_list
-    return str
 
 
 def parse_args(argv=None):
@@ -66,7 +54,7 @@ def parse_args(argv=None):
     # every defense's own settings, one flag each; a setting of another defense is refused in main()
     for key, default in all_defense_settings().items():
         owners = [name for name, cls in DEFENSES.items() if key in cls.defaults]
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=_kind(default),
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=int_list if isinstance(default, list) else value_type(default),
                        help=f"setting of {', '.join(owners)}")
     return p.parse_args(argv)
 
@@ -88,7 +76,8 @@ def main(argv=None):
         return
     cls = defense_class(getattr(args, "defense", "REFINE"))
     args.defense = cls.name
-    foreign = sorted(k for k in vars(args) if k in all_defense_settings() and k not in cls.defaults)
+    settings = all_defense_settings()
+    foreign = sorted(k for k in vars(args) if k in settings and k not in cls.defaults)
     if foreign:
         flag = "--" + foreign[0].replace("_", "-")
         owners = [name for name, other in DEFENSES.items() if foreign[0] in other.defaults]

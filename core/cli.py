@@ -36,13 +36,19 @@ def main_guard(fn):
         sys.exit(130)
 
 
+def value_type(default):
+    """How the command line parses a setting whose default is ``default``: true/false for booleans, int, float,
+    else the text as it is (a list stays a comma string; core.validate turns it into a list)."""
+    return (str2bool if isinstance(default, bool) else int if isinstance(default, int)
+            else float if isinstance(default, float) else str)
+
+
 def add_settings(parser: argparse.ArgumentParser, settings: dict) -> None:
     """One flag per declared setting (``core.attacks.all_settings()``): ``--<key with dashes>``, parsed by the
     setting's ``kind`` or its default's type (true/false for booleans, a comma list for lists)."""
     for key, (setting, owners) in settings.items():
         default = setting.default
-        kind = setting.kind or (str2bool if isinstance(default, bool) else int if isinstance(default, int)
-                                else float if isinstance(default, float) else str)
+        kind = setting.kind or value_type(default)
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         help_text = setting.help + (f" (default {shown})" if default is not None else "")
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=help_text)

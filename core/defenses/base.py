@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..data import Split
+from ..data import Split, memory_format
 from ..models import Classifier
 from .parts import DeployedModel
 
@@ -84,6 +84,6 @@ class Defense:
 def frozen_copy(model: Classifier, device) -> Classifier:
     """A deep copy of ``model`` on ``device`` in eval mode without gradients: the F that a defense wraps,
     so the caller's model keeps its weights, buffers, modes and ``requires_grad`` flags."""
-    frozen = copy.deepcopy(model).to(device).eval()
+    frozen = copy.deepcopy(model).to(device).to(memory_format=memory_format(torch.device(device))).eval()
     frozen.requires_grad_(False)
     return frozen

@@ -57,7 +57,7 @@ from ..models.resnet import ResNet
 from ..seeding import derive_seed, generator
 from ..train import autocast, fit, make_optimizer, resolve_device
 from ..validate import integer, number
-from .base import Defense, FitContext
+from .base import Defense, FitContext, frozen_copy
 from .parts import DeployedModel, Purifier
 
 SUPPORTED_MODELS = "the toolkit's CIFAR ResNets (ResNet18, ResNet34, ResNet50)"
@@ -252,9 +252,7 @@ class _frozen:
 def _frozen_copy(model: Classifier, device: torch.device) -> Classifier:
     """A deep copy of ``model`` on ``device``, in eval mode, without gradients to its parameters."""
     _resnet(model)
-    frozen = copy.deepcopy(model).to(device).to(memory_format=memory_format(device)).eval()
-    frozen.requires_grad_(False)
-    return frozen
+    return frozen_copy(model, device)
 
 
 def _device_of(model: nn.Module) -> torch.device:

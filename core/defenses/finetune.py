@@ -40,11 +40,8 @@ class FineTuning(Defense):
     checks = FT_CHECKS
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
-        tuned = fine_tune(model, data, self.settings, ctx, "train_state.pth")
-        deployed = DeployedModel(tuned)
-        if ctx.evaluate:
-            ctx.evaluate(deployed, self.ft_epochs)
-        return deployed
+        # no evaluation here: the job evaluates the deployed model once, at the end
+        return DeployedModel(fine_tune(model, data, self.settings, ctx, "train_state.pth"))
 
 
 class FineTuningRefine(RefineDefense):

@@ -11,7 +11,6 @@ matches the backdoor) while M∘F∘T keeps F's benign predictions.
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -26,7 +25,7 @@ from ..models import Classifier, UNet
 from ..seeding import generator
 from ..train import EpochState, autocast, fit, lr_factor, make_optimizer
 from ..validate import boolean, choice, integer, number
-from .base import Defense, FitContext
+from .base import Defense, FitContext, frozen_copy
 from .losses import remapped_loss, supcon_loss
 from .parts import DeployedModel
 from .remap import LabelRemap, random_derangement
@@ -56,8 +55,7 @@ class REFINE:
         self.unet = unet.to(self.device).to(memory_format=self.layout)
         # F is frozen: a copy without gradients to its weights, BatchNorm in eval mode. The caller's model is
         # left as it was given (fine-tuning it afterwards, e.g. FT + REFINE in one process, still trains it).
-        self.model = copy.deepcopy(model).to(self.device).to(memory_format=self.layout).eval()
-        self.model.requires_grad_(False)
+        self.model = frozen_copy(model, self.device)
         perm = random_derangement(num_classes, generator(seed, "label-mapping")) if remap else torch.arange(num_classes)
         self.remap = LabelRemap(perm).to(self.device)
         self.loss, self.lam, self.temperature, self.amp, self.seed = loss, lam, temperature, amp, seed
