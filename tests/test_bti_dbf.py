@@ -346,3 +346,33 @@ def test_at_least_one_round_is_required():
     for run in (bti_dbf_unlearn, bti_dbf_purify):
         with pytest.raises(UserError, match="at least one round"):
             run(model, _defender_data(8), _tiny_cfg(rounds=0), log=_quiet)
+
+
+class _StopAt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("run, name", [(bti_dbf_unlearn, "BTI-DBF(U)"), (bti_dbf_purify, "BTI-DBF(P)")])
+def test_a_run_stopped_between_rounds_resumes_to_the_same_result(tmp_path, run, name):
+    model, _ = _backdoored_model()
+    data, cfg, fingerprint = _defender_data(32), _tiny_cfg(), {"defense": name}
+    whole, whole_info = run(model, data, cfg, device="cpu", seed=0, log=_quiet)
+
+    def stop_in_round_2(message):
+        if message.startswith(f"{name} round 2/"):
+            raise _StopAt(message)  # the state of round 1 is saved by now
+    state = tmp_path / "train_state.pth"
+    with pytest.raises(_StopAt):
+        run(model, data, cfg, device="cpu", seed=0, log=stop_in_round_2, state_path=state, fingerprint=fingerprint)
+    assert state.is_file()
+    logs = []
+    resumed, info = run(model, data, cfg, device="cpu", seed=0, log=logs.append, state_path=state,
+                        fingerprint=fingerprint)
+    assert any("resuming BTI-DBF after round 1" in m for m in logs)
+    assert not any(m.startswith(f"{name} round 1/") for m in logs), "round 1 is not run again"
+    assert info["target"] == whole_info["target"] and torch.equal(info["votes"], whole_info["votes"])
+    assert info["rounds"] == whole_info["rounds"]
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), f"{k} differs after the resume"
+    with pytest.raises(UserError, match="other settings"):
+        run(model, data, cfg, device="cpu", seed=0, log=_quiet, state_path=state, fingerprint={"defense": "other"})

@@ -55,7 +55,8 @@ from ..errors import UserError
 from ..models import Classifier
 from ..models.resnet import ResNet
 from ..seeding import derive_seed, generator
-from ..train import autocast, fit, make_optimizer, resolve_device
+from ..checkpoint import atomic_save
+from ..train import EpochState, autocast, fit, make_optimizer, resolve_device
 from ..validate import integer, number
 from .base import Defense, FitContext, frozen_copy
 from .parts import DeployedModel, Purifier
@@ -287,6 +288,39 @@ def _run_epochs(name: str, epochs: int, step: Callable, optimizer, data: Split, 
     summary = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
     log(f"BTI-DBF {name}: {epochs} epochs" + (f", last epoch: {summary}" if summary else ""))
     return means
+
+
+class _RoundState:
+    """BTI-DBF's resumable state, rewritten atomically (``path``) after every round: a stopped run continues
+    with the next round; the phases inside the round it was in restart (each phase and round draws its own
+    random streams, so the result is the same as an uninterrupted run). ``parts``: name -> module or
+    optimizer. A state saved with another ``fingerprint`` (the run's settings) is refused, as for
+    :class:`core.train.EpochState`."""
+
+    def __init__(self, path, fingerprint: dict | None, parts: dict):
+        self.path, self.fingerprint, self.parts = path, fingerprint or {}, parts
+
+    def load(self) -> dict | None:
+        """Restores the parts; returns ``{'rounds': done, 'target', 'votes', 'history'}`` or None."""
+        blob = EpochState.read(self.path, self.fingerprint) if self.path else None
+        if blob is None:
+            return None
+        for name, part in self.parts.items():
+            part.load_state_dict(blob["parts"][name])
+        return blob["progress"]
+
+    def save(self, rounds: int, target, votes, history) -> None:
+        if self.path:
+            progress = {"rounds": rounds, "target": target, "votes": votes, "history": history}
+            atomic_save({"fingerprint": self.fingerprint, "progress": progress,
+                         "parts": {n: p.state_dict() for n, p in self.parts.items()}}, self.path)
+
+
+def _resume(state: _RoundState, log: Callable[[str], None]) -> dict | None:
+    done = state.load()
+    if done:
+        log(f"resuming BTI-DBF after round {done['rounds']} ({state.path})")
+    return done
 
 
 def _weighted(value: torch.Tensor, bound: float, high: float, low: float) -> torch.Tensor:
@@ -574,7 +608,8 @@ def _unlearn_epochs(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFC
 
 
 def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
-                    amp: bool = True, log: Callable[[str], None] = print) -> tuple[Classifier, dict]:
+                    amp: bool = True, log: Callable[[str], None] = print, state_path=None,
+                    fingerprint: dict | None = None) -> tuple[Classifier, dict]:
     """BTI-DBF(U): returns (a repaired deep copy of ``model``, in eval mode on ``device``; info).
 
     ``model``: a :class:`Classifier` (images in [0, 1]) with a supported backbone; never modified (weights,
@@ -583,7 +618,8 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
     further (``cfg.inversion_epochs``; from the second round on with the target term), then
     ``cfg.unlearn_epochs`` epochs of fine-tuning (:func:`unlearning_loss`, Adam ``cfg.unlearn_lr``). G is
     pre-trained toward the identity once, before the first round's inversion, and the target is voted after
-    it. As in the authors' code, one Adam for G and one for the model carry over all rounds.
+    it. As in the authors' code, one Adam for G and one for the model carry over all rounds. With
+    ``state_path`` the run resumes after its last finished round (see :class:`_RoundState`).
 
     info: ``{'target': int, 'votes': int64 tensor (num_classes), 'rounds': [last-epoch mean losses per round]}``.
     """
@@ -598,7 +634,12 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
     gen = build_generator(cfg, seed).to(device)
     opt_gen = _adam(gen.parameters(), cfg.generator_lr)
     target, votes, history = None, None, []
-    for r in range(cfg.rounds):
+    state = _RoundState(state_path, fingerprint, {"model": repaired, "generator": gen, "model_optimizer": opt_model,
+                                                   "generator_optimizer": opt_gen})
+    done = _resume(state, log)
+    if done:
+        target, votes, history = done["target"], done["votes"], done["history"]
+    for r in range(done["rounds"] if done else 0, cfg.rounds):
         log(f"BTI-DBF(U) round {r + 1}/{cfg.rounds}")
         frozen = _frozen_copy(repaired, device)
         mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
@@ -610,6 +651,7 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
             target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
         del frozen
         history.append(_unlearn_epochs(repaired, gen, data, cfg, opt_model, seed=seed, tag=r, amp=amp, log=log))
+        state.save(r + 1, target, votes, history)
     repaired.eval().requires_grad_(False)
     return repaired, {"target": target, "votes": votes, "rounds": history, "generator": gen.eval()}
 
@@ -681,14 +723,16 @@ def _purify_epochs(model, purifier_unet, gen, data, cfg, *, optimizer, seed, tag
 
 
 def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
-                   amp: bool = True, log: Callable[[str], None] = print) -> tuple[Purifier, dict]:
+                   amp: bool = True, log: Callable[[str], None] = print, state_path=None,
+                   fingerprint: dict | None = None) -> tuple[Purifier, dict]:
     """BTI-DBF(P): returns (a :class:`Purifier` in eval mode on ``device``, info). The defended model is
     ``model(purifier(x))`` with the original ``model``, which is not modified.
 
     As the authors' ``btidbfp.py``: G is pre-trained toward the identity and P starts as a copy of it; then
     ``cfg.rounds`` rounds of: a fresh mask; G trained further (from the second round on through the current
     P, x̂ = P(G(x)), and with the target term); P trained by :func:`train_purifier`. The target is voted after
-    the first round's inversion (with G alone). One Adam for G and one for P carry over all rounds.
+    the first round's inversion (with G alone). One Adam for G and one for P carry over all rounds. With
+    ``state_path`` the run resumes after its last finished round (see :class:`_RoundState`).
 
     info: ``{'target': int, 'votes': int64 tensor (num_classes), 'rounds': [last-epoch mean losses of P]}``.
     """
@@ -699,21 +743,27 @@ def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
     data = _on_device(data, device)
     gen = build_generator(cfg, seed).to(device)
     opt_gen = _adam(gen.parameters(), cfg.generator_lr)
-    unet, opt_unet = None, None
+    unet = build_generator(cfg, seed).to(device)  # P: overwritten by a copy of the pre-trained G in round 1
+    opt_unet = _adam(unet.parameters(), cfg.purify_lr)
     target, votes, history = None, None, []
-    for r in range(cfg.rounds):
+    state = _RoundState(state_path, fingerprint, {"purifier": unet, "generator": gen, "purifier_optimizer": opt_unet,
+                                                   "generator_optimizer": opt_gen})
+    done = _resume(state, log)
+    if done:
+        target, votes, history = done["target"], done["votes"], done["history"]
+    for r in range(done["rounds"] if done else 0, cfg.rounds):
         log(f"BTI-DBF(P) round {r + 1}/{cfg.rounds}")
         mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
         if r == 0:
             pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
-            unet = copy.deepcopy(gen)
-            opt_unet = _adam(unet.parameters(), cfg.purify_lr)
+            unet.load_state_dict(gen.state_dict())
         train_generator(frozen, gen, mask, data, cfg, target=target, through=unet if r > 0 else None,
                         optimizer=opt_gen, seed=seed, tag=r, amp=amp, log=log)
         if r == 0:
             target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
         history.append(_purify_epochs(frozen, unet, gen, data, cfg, optimizer=opt_unet, seed=seed, tag=r, amp=amp,
                                       log=log))
+        state.save(r + 1, target, votes, history)
     unet.eval().requires_grad_(False)
     purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise).to(device).eval()
     return purifier, {"target": target, "votes": votes, "rounds": history, "generator": gen.eval()}
@@ -742,6 +792,10 @@ def _bti_checks() -> dict:
     return checks
 
 
+def _resumable(ctx: FitContext) -> dict:
+    return {"state_path": ctx.state_path("train_state.pth"), "fingerprint": ctx.fingerprint}
+
+
 class _BTIDBFDefense(Defense):
     labelled = True
     defaults = {**{f.name: getattr(BTIDBFConfig(), f.name) for f in _BTI_SETTINGS}, "data_fraction": 0.05}
@@ -767,7 +821,7 @@ class BTIDBFUnlearn(_BTIDBFDefense):
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         repaired, info = bti_dbf_unlearn(model, data, self.config(), device=ctx.device, seed=ctx.seed, amp=ctx.amp,
-                                         log=ctx.log)
+                                         log=ctx.log, **_resumable(ctx))
         self._record(info, model)
         return DeployedModel(repaired)
 
@@ -778,6 +832,6 @@ class BTIDBFPurify(_BTIDBFDefense):
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         purifier, info = bti_dbf_purify(model, data, self.config(), device=ctx.device, seed=ctx.seed, amp=ctx.amp,
-                                        log=ctx.log)
+                                        log=ctx.log, **_resumable(ctx))
         self._record(info, model)
         return DeployedModel(_frozen_copy(model, resolve_device(ctx.device)), purifier)
