@@ -3,6 +3,7 @@
     python compare.py --dataset CIFAR10 --attacks BadNets Blended --defenses REFINE BTI-DBF-P BTI-DBF-U NC \\
         ShrinkPad T-MR FT --preset mini --out-table docs/tables/compare_mini
     python compare.py --attacks BadNets Blended --defenses NC FT --preset mini --table-only   # runs nothing
+    python compare.py --attacks BadNets --defenses ShrinkPad --sweep pad_size=0,2,4,6 --preset mini
 
 For each attack, attack.py's job first (a finished run of the same settings is reused, an unfinished one
 resumed), then each defense's job (defend.py's) on that model. A job that fails is reported in one line and
@@ -48,6 +49,8 @@ def parse_args(argv=None):
                    help="path of the tables without extension (default results/compare_<DATASET>_<preset>)")
     p.add_argument("--table-only", dest="table_only", action="store_true",
                    help="run nothing: the table of the newest matching finished runs")
+    p.add_argument("--sweep", help="SETTING=V1,V2,...: one column per value for each defense that has the "
+                                    "setting (e.g. pad_size=0,2,4 for ShrinkPad's BA/ASR trade-off)")
     p.add_argument("--skip-missing", dest="skip_missing", action="store_true",
                    help="train no attack model: defend attack.py's latest finished model of each attack, skip "
                         "an attack that has none")

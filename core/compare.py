@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .attacks import attack_class
+from .cli import value_type
 from .config import CONFIG_DIR, preset_path, resolve
 from .defenses import DEFENSES, defense_class
 from .errors import UserError
@@ -261,20 +262,57 @@ def defense_config(opts: argparse.Namespace, attack: str, defense: str) -> dict:
     return resolve(cls.preset_task, defaults_for(cls.name), ns)
 
 
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``--sweep`` text ``SETTING=V1,V2,...`` -> (setting with underscores, [value texts])."""
+    key, sep, values = str(text).partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    values = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key or not values:
+        raise UserError(f"--sweep takes SETTING=V1,V2,... (e.g. pad_size=0,2,4), got {text!r}")
+    return key, values
+
+
+def variants(defenses: list[str], sweep: str | None) -> list[tuple[str, str, dict]]:
+    """The table's defense columns: ``(label, defense, overrides)``; with ``sweep`` (``SETTING=V1,V2``) one
+    column per value for each defense that has the setting (label ``"ShrinkPad pad_size=2"``), the others
+    once. A setting none of ``defenses`` has is a UserError."""
+    if not sweep:
+        return [(d, d, {}) for d in defenses]
+    key, values = parse_sweep(sweep)
+    owners = [d for d in defenses if key in defaults_for(d)]
+    if not owners:
+        raise UserError(f"--sweep {key} is not a setting of {', '.join(defenses)}; see defend.py --list and "
+                        f"docs/flags.md")
+    columns = []
+    for defense in defenses:
+        if defense not in owners:
+            columns.append((defense, defense, {}))
+            continue
+        kind = value_type(defaults_for(defense)[key])
+        for value in values:
+            try:
+                typed = kind(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                raise UserError(f"--sweep {key}: {value!r} is not a valid value (expected {kind.__name__})") from None
+            columns.append((f"{defense} {key}={value}", defense, {key: typed}))
+    return columns
+
+
 def plan(opts: argparse.Namespace) -> tuple[list[str], list[str], dict]:
-    """The canonical attack and defense names and every job's configuration, checked before anything runs:
-    an unknown name, preset or option is one UserError. Returns (attacks, defenses, {(attack, label): config})."""
+    """The canonical attack names, the defense columns (:func:`variants`) and every job's configuration,
+    checked before anything runs: an unknown name, preset, option or swept value is one UserError.
+    Returns (attacks, column labels, {(attack, label): config})."""
     attacks = _ordered(attack_class(a).name for a in opts.attacks)
-    defenses = _ordered(defense_class(d).name for d in opts.defenses)
+    columns = variants(_ordered(defense_class(d).name for d in opts.defenses), _given(opts, "sweep"))
     configs = {}
     for attack in attacks:
         configs[(attack, NO_DEFENSE)] = config = attack_config(opts, attack)
         validate("attack", config)
-        for defense in defenses:
-            config = defense_config(opts, attack, defense)
+        for label, defense, overrides in columns:
+            config = {**defense_config(opts, attack, defense), **overrides}
             validate("defense", config, extra_rules=DEFENSES[defense].checks)
-            configs[(attack, defense)] = config
-    return attacks, defenses, configs
+            configs[(attack, label)] = config
+    return attacks, [label for label, _, _ in columns], configs
 
 
 def _finished_metrics(folder: Path | None):
@@ -386,9 +424,11 @@ def finished_runs(root: Path, product: str) -> list[Path]:
 
 
 def _matches(folder: Path, config: dict, opts: argparse.Namespace) -> bool:
-    """A run of the same preset as ``config`` (and of ``opts.seed`` when given)."""
+    """A run of the same preset as ``config`` (and of ``opts.seed`` when given, and of the swept value)."""
     saved = _read_config(folder)
-    return saved.get("preset") == config.get("preset") and ("seed" not in opts or saved.get("seed") == opts.seed)
+    swept = parse_sweep(opts.sweep)[0] if _given(opts, "sweep") else None
+    return (saved.get("preset") == config.get("preset") and ("seed" not in opts or saved.get("seed") == opts.seed)
+            and (swept is None or swept not in config or saved.get(swept) == config[swept]))
 
 
 def table_only_results(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]:

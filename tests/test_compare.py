@@ -145,3 +145,35 @@ def test_skip_missing_trains_no_attack_model(tmp_path, monkeypatch, capsys):
     assert load_csv(tmp_path / "t.csv") == [{"attack": "BadNets", f"{NO_DEFENSE} BA": None, f"{NO_DEFENSE} ASR": None,
                                              "FT BA": None, "FT ASR": None, "FT failed": None}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.md"]
+
+
+def test_sweep_gives_one_column_per_value_and_table_only_finds_each(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_tree(tmp_path / "data", per_class=4)
+    (tmp_path / "attack.yaml").write_text("epochs: 1\nwidth: 4\neval_every: 1\n")
+    argv = ["--dataset", "CIFAR10", "--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "pad_size=0,3",
+            "--preset", "mini", "--device", "cpu", "--data-root", str(tmp_path / "data"), "--test-size", "20",
+            "--attack-dir", str(tmp_path / "attack"), "--defense-dir", str(tmp_path / "defense"),
+            "--attack-config", str(tmp_path / "attack.yaml")]
+    compare.main(argv + ["--out-table", str(tmp_path / "sweep")])
+    row = load_csv(tmp_path / "sweep.csv")[0]
+    runs = sorted((tmp_path / "defense" / "CIFAR10" / "ResNet18" / "BadNets" / "ShrinkPad").glob("mini_*"))
+    sizes = sorted(yaml.safe_load((r / "config.yaml").read_text())["pad_size"] for r in runs)
+    assert sizes == [0, 3]  # one run per value
+    # pad 0 changes no image: the same predictions as without defense
+    assert row["ShrinkPad pad_size=0 BA"] == row[f"{NO_DEFENSE} BA"]
+    assert row["ShrinkPad pad_size=3 BA"] is not None and "ShrinkPad BA" not in row
+    capsys.readouterr()
+    compare.main(argv + ["--table-only", "--out-table", str(tmp_path / "only")])
+    assert load_csv(tmp_path / "only.csv")[0] == row
+    only = (tmp_path / "only.md").read_text()
+    for run in runs:  # each column is read from the run of its own value
+        size = yaml.safe_load((run / "config.yaml").read_text())["pad_size"]
+        assert f"BadNets / ShrinkPad pad_size={size}: `{(run / 'metrics.json').relative_to(tmp_path.resolve())}`" in only
+
+    with pytest.raises(UserError, match="--sweep lam is not a setting of ShrinkPad"):
+        compare.main(["--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "lam=0.1"])
+    with pytest.raises(UserError, match="'x' is not a valid value"):
+        compare.main(["--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "pad_size=2,x"])
+    with pytest.raises(UserError, match="SETTING=V1,V2"):
+        compare.main(["--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "pad_size"])
