@@ -423,24 +423,49 @@ def finished_runs(root: Path, product: str) -> list[Path]:
     return runs
 
 
-def _matches(folder: Path, config: dict, opts: argparse.Namespace) -> bool:
-    """A run of the same preset as ``config`` (and of ``opts.seed`` when given, and of the swept value)."""
+def _plain_value(value):
+    return list(value) if isinstance(value, tuple) else value  # YAML gives back a tuple as a list
+
+
+def _matches(folder: Path, config: dict, opts: argparse.Namespace, values: dict) -> bool:
+    """A run of the same preset as ``config`` (and of ``opts.seed`` when given) that recorded ``values`` (the
+    method's own settings: ShrinkPad's ``pad_size``, an attack's ``poisoned_rate``...): a run made with another
+    pad size or trigger is not this cell."""
     saved = _read_config(folder)
-    swept = parse_sweep(opts.sweep)[0] if _given(opts, "sweep") else None
     return (saved.get("preset") == config.get("preset") and ("seed" not in opts or saved.get("seed") == opts.seed)
-            and (swept is None or swept not in config or saved.get(swept) == config[swept]))
+            and all(_plain_value(saved.get(k)) == _plain_value(v) for k, v in values.items()))
+
+
+RECIPE = ("model", "width", "epochs", "batch_size", "lr", "schedule", "augment", "label_smoothing")
+
+
+def _attack_values(config: dict) -> dict:
+    """What an attack run must have recorded to be this cell: the training recipe and the attack's own
+    settings (an unset one takes the attack's default; one the attack derives at run time, such as WaNet's
+    grid size or LC's clean model, is not compared)."""
+    cls = attack_class(config["attack"])
+    values = {k: config[k] for k in RECIPE if k in config}
+    values.update(attack=cls.name, y_target=config.get("y_target"),
+                  poisoned_rate=cls.default_poisoned_rate if config.get("poisoned_rate") is None
+                  else config["poisoned_rate"])
+    for key, setting in cls.settings.items():
+        value = setting.default if config.get(key) is None else config[key]
+        if value is not None and key != "benign_model":
+            values[key] = value
+    return values
 
 
 def table_only_results(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]:
     """The comparison from runs already finished, running nothing: for each attack the newest finished
-    attack.py run of the same preset (and seed, if given), for each defense the newest finished run of it
-    that defended that very model (its ``model_path`` lies in the attack run's folder). Missing cells stay
-    empty. Returns what :func:`compare` returns (no failed cells)."""
+    attack.py run of the same preset (and seed, if given) and attack settings, for each defense the newest
+    finished run of it with the same settings that defended that very model (its ``model_path`` lies in the
+    attack run's folder). Missing cells stay empty. Returns what :func:`compare` returns (no failed cells)."""
     attacks, defenses, configs = plan(opts)
     results, sources = [], {}
     for attack in attacks:
         config = configs[(attack, NO_DEFENSE)]
-        runs = [f for f in finished_runs(attack_root(config), "model.pth") if _matches(f, config, opts)]
+        runs = [f for f in finished_runs(attack_root(config), "model.pth")
+                if _matches(f, config, opts, _attack_values(config))]
         model_run = runs[0] if runs else None
         metrics, path = _finished_metrics(model_run)
         results.append((attack, None, metrics))
@@ -449,7 +474,8 @@ def table_only_results(opts: argparse.Namespace, log=print) -> tuple[list, dict,
         log(f"{attack} / {NO_DEFENSE}: " + (f"{_summary(metrics)} ({path})" if metrics else MISSING))
         for defense in defenses:
             config = configs[(attack, defense)]
-            runs = [f for f in finished_runs(defense_root(config), "defended_model.pth") if _matches(f, config, opts)
+            runs = [f for f in finished_runs(defense_root(config), "defended_model.pth")
+                    if _matches(f, config, opts, {k: config[k] for k in DEFENSES[config["defense"]].defaults})
                     and (model_run is None or _defended(f) == model_run)]
             metrics, path = _finished_metrics(runs[0] if runs else None)
             results.append((attack, defense, metrics))

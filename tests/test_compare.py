@@ -171,6 +171,15 @@ def test_sweep_gives_one_column_per_value_and_table_only_finds_each(tmp_path, mo
         size = yaml.safe_load((run / "config.yaml").read_text())["pad_size"]
         assert f"BadNets / ShrinkPad pad_size={size}: `{(run / 'metrics.json').relative_to(tmp_path.resolve())}`" in only
 
+    plain = [a for a in argv if a not in ("--sweep", "pad_size=0,3")]
+    compare.main(plain + ["--table-only", "--out-table", str(tmp_path / "default")])
+    default = load_csv(tmp_path / "default.csv")[0]
+    assert default["ShrinkPad BA"] is None, "no run of the default pad size (4): the cell stays empty"
+    assert default[f"{NO_DEFENSE} BA"] == row[f"{NO_DEFENSE} BA"]
+    (tmp_path / "attack.yaml").write_text("epochs: 2\nwidth: 4\neval_every: 1\n")  # another recipe: not that run
+    compare.main(plain + ["--table-only", "--out-table", str(tmp_path / "other")])
+    assert load_csv(tmp_path / "other.csv")[0][f"{NO_DEFENSE} BA"] is None
+
     with pytest.raises(UserError, match="--sweep lam is not a setting of ShrinkPad"):
         compare.main(["--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "lam=0.1"])
     with pytest.raises(UserError, match="'x' is not a valid value"):
