@@ -173,3 +173,46 @@ def test_preview_grid_has_a_row_per_stage(synthetic, tmp_path):
     image = cv2.imread(str(path))
     # rows: clean, inverted G(x), poisoned, purified; each 16 px upscaled 6x
     assert image.shape[:2] == (4 * 16 * 6, 4 * 16 * 6)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_nc_resumes_after_its_inversion_and_after_the_pretraining(synthetic, tmp_path):
+    model, data = _model(), synthetic(32, size=16)
+    fingerprint = {"defense": "NC"}
+
+    def ctx(log=lambda message: None):
+        return FitContext(device="cpu", log=log, work_dir=tmp_path, fingerprint=fingerprint)
+
+    def stop_at(prefix, seen):
+        def log(message):
+            seen.append(message)
+            if message.startswith(prefix):
+                raise _Stop(message)
+        return log
+
+    whole = NeuralCleanseDefense(**TINY_NC).fit(model, data, FitContext(device="cpu", log=lambda m: None))
+    for stage, prefix, expected in (
+            ("pre-training", "BTI-DBF generator pre-training", "resuming NC after its trigger inversion ("),
+            ("purifier", "BTI-DBF purifier training", "resuming NC after its trigger inversion and the purifier's")):
+        seen = []
+        with pytest.raises(_Stop):
+            NeuralCleanseDefense(**TINY_NC).fit(model, data, ctx(stop_at(prefix, seen)))
+        if stage == "pre-training":
+            assert any(m.startswith("NC epoch 1/") for m in seen)
+        resumed_log = []
+        defense = NeuralCleanseDefense(**TINY_NC)
+        resumed = defense.fit(model, data, ctx(resumed_log.append))
+        assert any(m.startswith(expected) for m in resumed_log), stage
+        assert not any(m.startswith("NC epoch") for m in resumed_log), "the inversion is not run again"
+        assert defense.detection["target"] in range(4)
+        for k, v in whole.transform.state_dict().items():
+            assert torch.equal(v, resumed.transform.state_dict()[k]), f"{k} differs after resuming at {stage}"
+        (tmp_path / "train_state.pth").unlink()
+    with pytest.raises(_Stop):
+        NeuralCleanseDefense(**TINY_NC).fit(model, data, ctx(stop_at("BTI-DBF generator", [])))
+    with pytest.raises(UserError, match="other settings"):  # another run's state is not taken up
+        NeuralCleanseDefense(**TINY_NC).fit(model, data, FitContext(device="cpu", log=lambda m: None,
+                                                                     work_dir=tmp_path, fingerprint={"x": 1}))

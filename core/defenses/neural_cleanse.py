@@ -22,7 +22,7 @@ and larger kernel calls); all classes see the same batch order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
 import torch
@@ -33,7 +33,8 @@ from tqdm import tqdm
 from ..data import Split, to_float
 from ..errors import UserError
 from ..seeding import generator
-from ..train import resolve_device
+from ..checkpoint import atomic_save
+from ..train import EpochState, resolve_device
 from ..validate import integer, number
 from .base import Defense, FitContext
 from .bti_dbf import BTIDBFConfig, _frozen_copy, build_generator, pretrain_generator, train_purifier
@@ -361,6 +362,16 @@ class _StampInNormalizedSpace(nn.Module):
         return self.normalize(apply_inverted_trigger(x, self.mask.to(x.dtype), self.pattern.to(x.dtype)))
 
 
+def _save_stage(path, fingerprint: dict, result: NCResult, pretrained: nn.Module | None) -> None:
+    if path:
+        atomic_save({"fingerprint": fingerprint, "nc": asdict(result),
+                     "pretrained": pretrained.state_dict() if pretrained is not None else None}, path)
+
+
+def _result_from(saved: dict) -> NCResult:
+    return NCResult(**{**saved, "triggers": [InvertedTrigger(**t) for t in saved["triggers"]]})
+
+
 class NeuralCleanseDefense(Defense):
     """Neural Cleanse, then (as the REFINE paper does) input purification with its inverted trigger: a purifier
     P (BTI-DBF's generator network) is pre-trained toward the identity, then trained exactly like BTI-DBF(P)'s
@@ -381,11 +392,21 @@ class NeuralCleanseDefense(Defense):
               "purify_noise": number(0)}
 
     def fit(self, model: nn.Module, data: Split, ctx: FitContext) -> DeployedModel:
+        """Resumable by stage (``ctx.work_dir``): a stopped run keeps NC's inverted triggers and, once it is
+        done, the purifier's identity pre-training; the stage it was in runs again."""
         device = resolve_device(ctx.device)
         frozen = _frozen_copy(model, device)
-        result = neural_cleanse(frozen, data.images, model.spec["num_classes"], device=device, seed=ctx.seed,
-                                log=ctx.log, epochs=self.nc_epochs, lr=self.nc_lr, init_cost=self.nc_init_cost,
-                                batch_size=self.batch_size, classes_per_pass=self.nc_classes_per_pass)
+        state_path = ctx.state_path("train_state.pth")
+        saved = EpochState.read(state_path, ctx.fingerprint) if state_path else None
+        if saved:
+            result = _result_from(saved["nc"])
+            stages = "trigger inversion" + (" and the purifier's pre-training" if saved["pretrained"] else "")
+            ctx.log(f"resuming NC after its {stages} ({state_path})")
+        else:
+            result = neural_cleanse(frozen, data.images, model.spec["num_classes"], device=device, seed=ctx.seed,
+                                    log=ctx.log, epochs=self.nc_epochs, lr=self.nc_lr, init_cost=self.nc_init_cost,
+                                    batch_size=self.batch_size, classes_per_pass=self.nc_classes_per_pass)
+            _save_stage(state_path, ctx.fingerprint, result, None)
         self.detection = result.summary()
         trigger = result.triggers[result.target]
         ctx.log(f"NC: purifying with the inverted trigger of class {result.target} (mask L1 {trigger.norm:.1f})")
@@ -394,7 +415,11 @@ class NeuralCleanseDefense(Defense):
                            purify_epochs=self.purify_epochs, purify_lr=self.purify_lr, purify_noise=self.purify_noise)
         stamp = _StampInNormalizedSpace(frozen.normalize, trigger.mask, trigger.pattern).to(device)
         unet = build_generator(cfg, ctx.seed, tag="nc-purifier")
-        pretrain_generator(frozen, unet, data, cfg, seed=ctx.seed, amp=ctx.amp, log=ctx.log)
+        if saved and saved["pretrained"]:
+            unet.load_state_dict(saved["pretrained"])
+        else:
+            pretrain_generator(frozen, unet, data, cfg, seed=ctx.seed, amp=ctx.amp, log=ctx.log)
+            _save_stage(state_path, ctx.fingerprint, result, unet)
         train_purifier(frozen, unet, stamp, data, cfg, seed=ctx.seed, tag="nc", amp=ctx.amp, log=ctx.log)
         unet.eval().requires_grad_(False)
         purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise)
