@@ -316,11 +316,13 @@ class _RoundState:
                          "parts": {n: p.state_dict() for n, p in self.parts.items()}}, self.path)
 
 
-def _resume(state: _RoundState, log: Callable[[str], None]) -> dict | None:
+def _resume(state: _RoundState, log: Callable[[str], None]) -> tuple[int, int | None, torch.Tensor | None, list]:
+    """(first round to run, detected target, votes, per-round history): from the saved state, else a new run."""
     done = state.load()
-    if done:
-        log(f"resuming BTI-DBF after round {done['rounds']} ({state.path})")
-    return done
+    if not done:
+        return 0, None, None, []
+    log(f"resuming BTI-DBF after round {done['rounds']} ({state.path})")
+    return done["rounds"], done["target"], done["votes"], done["history"]
 
 
 def _weighted(value: torch.Tensor, bound: float, high: float, low: float) -> torch.Tensor:
@@ -633,13 +635,10 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
     opt_model = _adam(repaired.parameters(), cfg.unlearn_lr)
     gen = build_generator(cfg, seed).to(device)
     opt_gen = _adam(gen.parameters(), cfg.generator_lr)
-    target, votes, history = None, None, []
     state = _RoundState(state_path, fingerprint, {"model": repaired, "generator": gen, "model_optimizer": opt_model,
                                                    "generator_optimizer": opt_gen})
-    done = _resume(state, log)
-    if done:
-        target, votes, history = done["target"], done["votes"], done["history"]
-    for r in range(done["rounds"] if done else 0, cfg.rounds):
+    start, target, votes, history = _resume(state, log)
+    for r in range(start, cfg.rounds):
         log(f"BTI-DBF(U) round {r + 1}/{cfg.rounds}")
         frozen = _frozen_copy(repaired, device)
         mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
@@ -745,13 +744,10 @@ def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
     opt_gen = _adam(gen.parameters(), cfg.generator_lr)
     unet = build_generator(cfg, seed).to(device)  # P: overwritten by a copy of the pre-trained G in round 1
     opt_unet = _adam(unet.parameters(), cfg.purify_lr)
-    target, votes, history = None, None, []
     state = _RoundState(state_path, fingerprint, {"purifier": unet, "generator": gen, "purifier_optimizer": opt_unet,
                                                    "generator_optimizer": opt_gen})
-    done = _resume(state, log)
-    if done:
-        target, votes, history = done["target"], done["votes"], done["history"]
-    for r in range(done["rounds"] if done else 0, cfg.rounds):
+    start, target, votes, history = _resume(state, log)
+    for r in range(start, cfg.rounds):
         log(f"BTI-DBF(P) round {r + 1}/{cfg.rounds}")
         mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
         if r == 0:
