@@ -4,6 +4,7 @@
 # again and finished runs are reported, unfinished ones resume. LC needs the Benign model of the same preset, so
 # list Benign before LC. REFINE is skipped for a model whose backdoor did not take (ASR below MIN_ASR).
 #   PRESET=mini ATTACKS="WaNet BATT" bash benchmarks/table1_runs.sh
+#   EXTRA_ATTACK / EXTRA_REFINE: more flags for every attack.py / refine.py call (e.g. smaller sizes)
 #   then: python -m core.summary attack refine_res --table1 --preset mini --markdown
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ MIN_ASR=${MIN_ASR:-50}
 PY=${PY:-python}
 for attack in $ATTACKS; do
   echo "== $(date +%H:%M:%S) attack.py --attack $attack --preset $PRESET"
-  $PY attack.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" || echo "attack $attack failed"
+  $PY attack.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" ${EXTRA_ATTACK:-} || echo "attack $attack failed"
 done
 for attack in $DEFEND; do
   [ "$attack" = Benign ] && continue
@@ -28,6 +29,6 @@ PY
 )
   if awk "BEGIN {exit !($asr < $MIN_ASR)}"; then echo "skip REFINE on $attack: ASR $asr < $MIN_ASR"; continue; fi
   echo "== $(date +%H:%M:%S) refine.py --attack $attack --preset $PRESET"
-  $PY refine.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" || echo "refine $attack failed"
+  $PY refine.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" ${EXTRA_REFINE:-} || echo "refine $attack failed"
 done
 echo "== $(date +%H:%M:%S) done"
