@@ -15,7 +15,7 @@ from .models import build_classifier, resolve_normalization
 from .errors import DivergedError, UserError
 from .runlog import (check_run_folder, describe_split, finish_run, format_metrics, read_latest, report_finished,
                      run_name, run_settings, start_run, tensors_sha256)
-from .train import EpochState, resolve_device, train_classifier
+from .train import EpochState, device_name, resolve_device, train_classifier
 from .validate import flag, validate
 
 # The paper's settings (Appendix C and the authors' code): the defaults of attack.py when no preset or flag
@@ -159,7 +159,8 @@ def run_attack(config: dict) -> dict:
     save_classifier(folder / "model.pth", model.cpu(), attack=attack.config(), trigger=attack.trigger_tensors(),
                     dataset=config["dataset"], data=train.source, final_metrics=final)
     wall = time.time() - started
-    run.update_metrics(final=final, attack=attack.config(), data=train.source, train_wall_seconds_this_call=round(wall, 1))
+    run.update_metrics(final=final, attack=attack.config(), data=train.source, device=device_name(device),
+                       train_wall_seconds_this_call=round(wall, 1))
     finish_run(folder, settings)
     run.log(f"done in {wall / 60:.1f} min: {format_metrics(final)}; model at {folder / 'model.pth'}")
     if final.get("ASR", 100.0) < 50:

@@ -24,7 +24,7 @@ from .errors import DivergedError, UserError
 from .metrics import ba_asr, default_eval_batch_size
 from .runlog import (atomic_text, check_run_folder, describe_split, finish_run, format_metrics, read_latest,
                      report_finished, run_name, run_settings, start_run)
-from .train import EpochState, resolve_device
+from .train import EpochState, device_name, resolve_device
 from .validate import validate
 
 # What every defense run has, whatever the defense: the model to defend and its attack, the data, where
@@ -237,7 +237,7 @@ def run_defense(config: dict) -> dict:
                   detection=defense.detection)
     wall = time.time() - started
     run.update_metrics(final=final, detection=defense.detection, parts=deployed.describe(),
-                       train_wall_seconds_this_call=round(wall, 1))
+                       device=device_name(device), train_wall_seconds_this_call=round(wall, 1))
     if defense.detection:
         run.log(f"{defense_cls.name} detection: {json.dumps(defense.detection)[:300]}")
     finish_run(folder, settings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -36,6 +37,21 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def machine(folder: Path) -> str:
+    """The machine a run trained on: recorded in its metrics.json, or (older runs) read from the first line of
+    its log.txt ("..., device cpu, ..."); "?" when neither says."""
+    recorded = _read_json(folder / "metrics.json").get("device")
+    if recorded:
+        return str(recorded)
+    try:
+        with open(folder / "log.txt") as fh:
+            first = fh.readline()
+    except OSError:
+        return "?"
+    match = re.search(r"device (\S+?),", first)
+    return match.group(1) if match else "?"
 
 
 def _pct(m: dict | None, key: str) -> str:
@@ -63,6 +79,7 @@ def row(folder: Path) -> dict:
         "BA": _pct(after, "BA"),
         "ASR": _pct(after, "ASR"),
         "min": "–" if minutes is None else f"{minutes / 60:.1f}",
+        "machine": machine(folder),
     }
 
 
@@ -112,9 +129,10 @@ def table1_rows(roots, preset: str | None = None) -> list[dict]:
         defense = defenses.get((name, folder.name))
         after = _read_json(defense / "metrics.json")["final"] if defense else None
         drop = f"{before['BA'] - after['BA']:.2f}" if after else ""
+        machines = dict.fromkeys([machine(folder)] + ([machine(defense)] if defense else []))
         rows.append({"attack": name, "no defense BA": _pct(before, "BA"), "no defense ASR": _pct(before, "ASR"),
                      "REFINE BA": _pct(after, "BA") if after else "", "REFINE ASR": _pct(after, "ASR") if after else "",
-                     "BA drop": drop, "attack run": os.path.relpath(folder / "metrics.json"),
+                     "BA drop": drop, "machine": " / ".join(machines), "attack run": os.path.relpath(folder / "metrics.json"),
                      "REFINE run": os.path.relpath(defense / "metrics.json") if defense else ""})
     return rows
 

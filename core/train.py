@@ -29,6 +29,13 @@ def resolve_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """What a run's metrics record as its machine: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device.type
+
+
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
                    fused: bool = False):
     """SGD or Adam by name. ``fused``: one fused kernel per step on CUDA (ignored elsewhere)."""

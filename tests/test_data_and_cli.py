@@ -93,6 +93,7 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
         assert (folder / name).is_file(), name
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["final"]["BA_total"] == 20 and metrics["final"]["ASR_total"] == 18  # balanced subset
+    assert metrics["device"].startswith("cpu (")  # the machine, for the result tables
     warned = "warning: ASR is only" in (folder / "log.txt").read_text()
     assert warned == (metrics["final"]["ASR"] < 50), "the log warns exactly when the backdoor did not take"
     r = run_cli("refine.py", "--attack", "BadNets", "--epochs", "1", "--unet-channels", "4", "--attack-dir",
@@ -101,6 +102,7 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
     [run] = (tmp_path / "refine" / "CIFAR10" / "ResNet18" / "BadNets").glob("mini_seed3_*")
     assert (run.parent / "latest").resolve() == run.resolve()
     no_defense = json.loads((run / "metrics.json").read_text())["no_defense"]
+    assert json.loads((run / "metrics.json").read_text())["device"].startswith("cpu (")
     assert no_defense == {k: metrics["final"][k] for k in no_defense}, "same model and images, other seed"
     log = (run / "log.txt").read_text()
     assert log.index("no defense") < log.index("REFINE after epoch 1")

@@ -50,3 +50,23 @@ def test_table1_pairs_each_attack_run_with_refine_only(tmp_path):
         {"attack": "BadNets", "model_path": model, "defense": "FT"}, no_defense={"BA": 81.6, "ASR": 99.98})
     [row] = table1_rows([tmp_path / "attack", tmp_path / "refine_res"], preset="mini")
     assert (row["REFINE BA"], row["REFINE ASR"], row["BA drop"]) == ("74.22", "2.86", "7.38")
+
+
+def test_machine_comes_from_metrics_or_from_an_older_runs_log(tmp_path):
+    from core.summary import machine, table1_rows
+
+    attack_run = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "LC" / "mini_seed0_a"
+    fake_run(attack_run, {"BA": 84.5, "ASR": 90.8})
+    (attack_run / "config.yaml").write_text(yaml.safe_dump({"preset": "mini", "attack": "LC"}))
+    (attack_run / "log.txt").write_text("[2026-11-28 04:13:07] attack.py: LC on CIFAR10 / ResNet18 (width 16), "
+                                        "device cuda, output attack/...\n")
+    defense_run = tmp_path / "refine_res" / "r"
+    fake_run(defense_run, {"BA": 72.5, "ASR": 2.6}, no_defense={"BA": 84.5, "ASR": 90.8})
+    metrics = json.loads((defense_run / "metrics.json").read_text())
+    (defense_run / "metrics.json").write_text(json.dumps({**metrics, "device": "cpu (2 threads)"}))
+    (defense_run / "config.yaml").write_text(yaml.safe_dump(
+        {"preset": "mini", "attack": "LC", "model_path": str(attack_run / "model.pth")}))
+    assert machine(attack_run) == "cuda" and machine(defense_run) == "cpu (2 threads)"
+    assert machine(tmp_path) == "?"
+    [table_row] = table1_rows([tmp_path], preset="mini")
+    assert table_row["machine"] == "cuda / cpu (2 threads)"
