@@ -6,7 +6,9 @@ options (:data:`IO_KEYS`), plus a description of the data actually found and the
 files the run reads (trigger, defended model). Runs with other settings therefore never share a folder;
 the identical command finds its own folder again and resumes it or reports it finished.
 
-``run.json`` in the folder records the settings, their hash and whether the run finished. It is the
+``run.json`` in the folder records the settings, their hash, whether the run finished and the version of this
+code that last wrote it (:func:`code_version`; every call also logs its own, since a run may be resumed by newer
+code: the version is deliberately not part of the settings). It is the
 first file written, after every check has passed, and :func:`check_run_folder` reads it before anything
 is written, so a refused run changes nothing. ``<parent>/latest`` (a relative symlink, or ``latest.txt``
 holding the folder name where symlinks are not available) points at the run that finished last.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -152,8 +155,25 @@ def read_metrics(folder) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
+def code_version() -> str:
+    """This checkout's commit (short hash), with ``+changes`` when tracked files differ from it; ``unknown``
+    outside a git checkout or without git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if commit.returncode != 0 or not commit.stdout.strip():
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if changes.returncode == 0 and changes.stdout.strip() else "")
+
+
 def write_run_record(folder, settings: dict, finished: bool = False) -> None:
-    record = {"fingerprint": settings_hash(settings), "finished": finished, "settings": settings}
+    record = {"fingerprint": settings_hash(settings), "finished": finished, "settings": settings,
+              "code": code_version()}
     atomic_text(Path(folder) / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -267,6 +287,7 @@ def start_run(folder: Path, status: str, settings: dict, config: dict, notes: li
     run.write_config(config)
     if header:
         run.log(header)
+    run.log(f"code: {code_version()}", echo=False)
     if config.get("recipe_note"):
         run.log(f"recipe: {config['recipe_note']}")
     for note in notes:

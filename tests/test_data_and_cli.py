@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -94,6 +95,8 @@ def test_attack_then_refine_then_eval_end_to_end(tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["final"]["BA_total"] == 20 and metrics["final"]["ASR_total"] == 18  # balanced subset
     assert metrics["device"].startswith("cpu (")  # the machine, for the result tables
+    code = json.loads((folder / "run.json").read_text())["code"]  # the commit that wrote it, outside the hash
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?|unknown", code) and f"code: {code}" in (folder / "log.txt").read_text()
     warned = "warning: ASR is only" in (folder / "log.txt").read_text()
     assert warned == (metrics["final"]["ASR"] < 50), "the log warns exactly when the backdoor did not take"
     r = run_cli("refine.py", "--attack", "BadNets", "--epochs", "1", "--unet-channels", "4", "--attack-dir",
