@@ -36,8 +36,10 @@ def main():
     print(f"{len(x)} test images: clean {target_rate(x)}, test trigger {target_rate(attack.apply_trigger(x))}")
     for k, opacity in enumerate(attack.patch_opacity):
         which = torch.full((len(x),), k, dtype=torch.long)
-        print(f"patch {k + 1} alone: at its training opacity {opacity} {target_rate(attack._blend(x, which, torch.full((len(x),), opacity)))}, "
-              f"at full opacity {target_rate(attack._blend(x, which, torch.ones(len(x))))}")
+        as_trained = attack.apply_train_trigger(x, which)  # patch `which % 4` at its training opacity
+        opaque = attack._blend(x, which, torch.ones(len(x)))  # no public call applies one patch at full opacity
+        print(f"patch {k + 1} alone: at its training opacity {opacity} {target_rate(as_trained)}, "
+              f"at full opacity {target_rate(opaque)}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Inside a folder: resolved config (YAML), metrics (JSON, rewritten atomically) an
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import os
 import subprocess
@@ -155,9 +156,11 @@ def read_metrics(folder) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """This checkout's commit (short hash), with ``+changes`` when tracked files differ from it; ``unknown``
-    outside a git checkout or without git."""
+    outside a git checkout or without git. Asked of git once per process: the code a run executes is the code
+    the process loaded, so the start and the end of a run record the same version."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
