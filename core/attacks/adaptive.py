@@ -8,6 +8,9 @@ trigger, cycling through the four. At test time the first two triggers are appli
 The authors use four small pictures; here comparable ones are generated from the seed (no third-party
 images): a 5×5 patch in the top-left corner, four 2×2 marks near the corners, a 13×13 round coloured logo near
 the top right and an 8×8 square near the bottom right (positions for 32×32 images, scaled for larger ones).
+Their colours are saturated, like the authors' logos and black-and-white patches: mid-tone random colours,
+blended at 0.2–0.5, barely stand out from natural pixels, and the width-16 mini model then memorised the 500
+payload images instead of learning the patches (ASR 27.70 % after 40 epochs, docs/attacks.md).
 ``trigger_dir`` loads four image files instead (sorted by name; full image size, black = no trigger).
 """
 from __future__ import annotations
@@ -23,6 +26,20 @@ from ..validate import existing_folder, number, number_list
 from .base import Attack, Setting, load_trigger_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+# The seven saturated colours other than black (RGB in {0, 1}): white first, then the six others.
+PALETTE = torch.tensor([[1.0, 1.0, 1.0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]])
+
+
+def saturated_colours(height: int, width: int, g: torch.Generator) -> torch.Tensor:
+    """3×height×width pixels drawn from :data:`PALETTE` (never black: black marks "no trigger" in image files)."""
+    return PALETTE[torch.randint(len(PALETTE), (height, width), generator=g)].permute(2, 0, 1)
+
+
+def upsampled(pattern: torch.Tensor, size: int) -> torch.Tensor:
+    """A C×h×w pattern enlarged to C×size×size in blocks (nearest neighbour, so the colours stay saturated)."""
+    return F.interpolate(pattern[None], size=size, mode="nearest")[0]
 
 
 class AdaptivePatch(Attack):
@@ -55,16 +72,17 @@ class AdaptivePatch(Attack):
             patches[k, :, rows, cols] = pattern
             masks[k, rows, cols] = 1
 
-        put(0, slice(0, 5), slice(0, 5), torch.rand(3, 5, 5, generator=g))  # corner patch
-        for r in (6, 24):  # four marks of one colour each
+        put(0, slice(0, 5), slice(0, 5), saturated_colours(5, 5, g))  # corner patch
+        for r in (6, 24):  # four marks, each a 2×2 checkerboard of a colour and its complement
             for c in (6, 24):
-                put(1, slice(r, r + 2), slice(c, c + 2), torch.rand(3, 1, 1, generator=g).expand(3, 2, 2))
-        logo = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=13, mode="bilinear", align_corners=True)[0]
-        put(2, slice(1, 14), slice(18, 31), logo)
+                colour = PALETTE[1 + int(torch.randint(6, (), generator=g))]  # neither black nor white
+                checker = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+                put(1, slice(r, r + 2), slice(c, c + 2), colour[:, None, None] * checker + (1 - colour)[:, None, None]
+                    * (1 - checker))
+        put(2, slice(1, 14), slice(18, 31), upsampled(saturated_colours(4, 4, g), 13))
         yy, xx = torch.meshgrid(torch.arange(13.0), torch.arange(13.0), indexing="ij")
         masks[2, 1:14, 18:31] = (((yy - 6) ** 2 + (xx - 6) ** 2) <= 6.5 ** 2).float()  # round logo
-        put(3, slice(22, 30), slice(22, 30), torch.rand(3, 4, 4, generator=g).repeat_interleave(2, 1)
-            .repeat_interleave(2, 2))  # 2-pixel blocks
+        put(3, slice(22, 30), slice(22, 30), upsampled(saturated_colours(4, 4, g), 8))  # 2-pixel blocks
         if self.image_size != 32:
             patches = F.interpolate(patches, size=self.image_size, mode="nearest")
             masks = F.interpolate(masks[:, None], size=self.image_size, mode="nearest")[:, 0]
