@@ -8,14 +8,10 @@
 #   CIFAR_ARCHIVE=path/to/cifar10-jpeg.tar.gz BUDGET=570 bash benchmarks/gpu_check.sh
 #   SMOKE=1 bash benchmarks/gpu_check.sh        # a one-minute CPU check of the script itself
 set -u
-OUT=${OUT:-gpu_out}
 RUN_ROOT=${RUN_ROOT:-gpu_runs}
 BUDGET=${BUDGET:-570}              # seconds for the whole script
-ARCHIVE=${CIFAR_ARCHIVE:-.device_data/cifar10-jpeg.tar.gz}
-mkdir -p "$OUT" "$RUN_ROOT"
-export PYTHONUNBUFFERED=1
-start=$(date +%s)
-left() { local s=$(( BUDGET - ($(date +%s) - start) - ${1:-0} )); echo $(( s > 5 ? s : 5 )); }
+mkdir -p "$RUN_ROOT"
+. "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh"
 
 if [ "${SMOKE:-0}" = 1 ]; then      # tiny sizes: checks the commands, not the numbers
   BENCH="--batches 2 --unet-channels 8 --width 8 --batch-size 16"; BENCH_A="--width 8 --images 256"
@@ -32,8 +28,7 @@ fi
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  mkdir -p data
-  [ -d data/CIFAR10/train ] || tar xzf "$ARCHIVE" -C data || exit 1
+  ensure_cifar10 || exit 1
 
   echo "== benchmarks"
   python benchmarks/benchmark_attack.py $BENCH_A

@@ -7,14 +7,10 @@
 #   BUDGET=540 bash benchmarks/gpu_paper_runs.sh     # on the GPU machine, CIFAR archive in .device_data/
 #   SMOKE=1 bash benchmarks/gpu_paper_runs.sh        # a short CPU check of the script itself
 set -u
-OUT=${OUT:-gpu_out}
 RUN_ROOT=${RUN_ROOT:-gpu_runs}
 BUDGET=${BUDGET:-540}
-ARCHIVE=${CIFAR_ARCHIVE:-.device_data/cifar10-jpeg.tar.gz}
-mkdir -p "$OUT" "$RUN_ROOT"
-export PYTHONUNBUFFERED=1
-start=$(date +%s)
-left() { local s=$(( BUDGET - ($(date +%s) - start) - ${1:-0} )); echo $(( s > 5 ? s : 5 )); }
+mkdir -p "$RUN_ROOT"
+. "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   ATTACK_SIZE="--train-size 1000 --test-size 200 --width 8 --epochs 3 --eval-every 1"
@@ -27,8 +23,7 @@ MODEL="$RUN_ROOT/attack/CIFAR10/ResNet18/BadNets/latest/model.pth"  # the finish
 
 {
   date -u; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU"
-  mkdir -p data
-  [ -d data/CIFAR10/train ] || tar xzf "$ARCHIVE" -C data || exit 1
+  ensure_cifar10 || exit 1
   if [ ! -f "$MODEL" ]; then
     echo "== attack: BadNets, the paper's schedule ($ATTACK_SIZE)"
     timeout "$(left 20)" python attack.py --dataset CIFAR10 --attack BadNets --out "$RUN_ROOT/attack" $ATTACK_SIZE

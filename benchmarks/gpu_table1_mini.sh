@@ -8,15 +8,10 @@
 #   SMOKE=1 BUDGET=300 bash benchmarks/gpu_table1_mini.sh   # tiny sizes: checks the script, not the numbers
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-540}
-ARCHIVE=${CIFAR_ARCHIVE:-.device_data/cifar10-jpeg.tar.gz}
 ATTACKS=${ATTACKS:-"Physical Adaptive"}
 MORE_ATTACKS=${MORE_ATTACKS:-"Benign LC"}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-start=$(date +%s)
-left() { local s=$(( BUDGET - ($(date +%s) - start) - ${1:-0} )); echo $(( s > 5 ? s : 5 )); }
+. benchmarks/gpu_common.sh  # the cd above made the repository root the working folder
 if [ "${SMOKE:-0}" = 1 ]; then
   export EXTRA_ATTACK="--train-size 500 --test-size 200 --epochs 1 --eval-every 1"
   export EXTRA_REFINE="--data-fraction 0.01 --test-size 200 --epochs 1 --eval-every 1 --compile false"
@@ -25,8 +20,7 @@ fi
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  mkdir -p data
-  [ -d data/CIFAR10/train ] || tar xzf "$ARCHIVE" -C data || exit 1
+  ensure_cifar10 || exit 1
   echo "== stage 1: $ATTACKS"
   ATTACKS="$ATTACKS" timeout "$(left 30)" bash benchmarks/table1_runs.sh
   if [ "$(left 0)" -gt 120 ]; then
