@@ -314,13 +314,13 @@ def test_adaptive_generated_triggers_are_deterministic_per_seed():
     assert torch.equal(a.masks, c.masks)  # the shapes and positions are fixed; the colours come from the seed
 
 
-
 def test_adaptive_generated_patches_are_saturated_and_never_black():
     attack = AdaptivePatch(seed=4)
     for k in range(4):
         pixels = attack.patches[k][:, attack.masks[k] > 0]  # 3 × pixels of patch k
         assert ((pixels == 0) | (pixels == 1)).all(), k  # full-contrast colours, as the authors' pictures
         assert (pixels.sum(0) > 0).all(), k  # black would read as "no trigger" once saved as an image
+
 
 def write_patch_folder(folder, count):
     """``count`` 32×32 PNGs, black but for a coloured 3×3 square each; returns the RGB colours and squares."""

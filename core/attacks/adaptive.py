@@ -73,10 +73,10 @@ class AdaptivePatch(Attack):
             masks[k, rows, cols] = 1
 
         put(0, slice(0, 5), slice(0, 5), saturated_colours(5, 5, g))  # corner patch
+        checker = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
         for r in (6, 24):  # four marks, each a 2×2 checkerboard of a colour and its complement
             for c in (6, 24):
                 colour = PALETTE[1 + int(torch.randint(6, (), generator=g))]  # neither black nor white
-                checker = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
                 put(1, slice(r, r + 2), slice(c, c + 2), colour[:, None, None] * checker + (1 - colour)[:, None, None]
                     * (1 - checker))
         put(2, slice(1, 14), slice(18, 31), upsampled(saturated_colours(4, 4, g), 13))
