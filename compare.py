@@ -15,40 +15,35 @@ than 10 points below the BA without defense - marked ✗, missing cells —; the
 BTI-DBF and NC; the metrics.json of each cell), <out-table>.csv (with a `<DEFENSE> failed` column) and, when a
 defense detects, <out-table>_detection.csv.
 """
-from core.cli import main_guard, new_parser, str2bool
-from core.compare import compare, markdown, table_only_results, write_tables
-from core.data import DATASETS
+from core.cli import main_guard, new_parser
+from core.compare import SHARED, compare, table_only_results
 from core.defenses import DEFENSES
 from core.errors import UserError
-from core.models import MODEL_NAMES
-
-DEFAULT_DEFENSES = ["REFINE", "BTI-DBF-P", "BTI-DBF-U", "NC", "ShrinkPad", "T-MR", "FT"]
+from core.run_attack import attack_job_settings
+from core.settings import add_flags
+from core.tables import markdown, write_tables
 
 
 def parse_args(argv=None):
     p = new_parser(__doc__.splitlines()[0])
-    p.add_argument("--dataset", choices=list(DATASETS))
-    p.add_argument("--model", choices=MODEL_NAMES)
     p.add_argument("--attacks", nargs="+", required=True, help="attack names (rows of the table)")
-    p.add_argument("--defenses", nargs="+", default=DEFAULT_DEFENSES,
-                   help=f"defense names (columns), of {', '.join(DEFENSES)}")
+    default = [name for name, cls in DEFENSES.items() if cls.compared_by_default]
+    p.add_argument("--defenses", nargs="+", default=default,
+                   help=f"defense names (columns), of {', '.join(DEFENSES)} (default {' '.join(default)})")
     p.add_argument("--preset", help="every job's preset (attack: configs/attack/, defenses: configs/defense/, "
                                     "REFINE: configs/refine/); the paper's settings without one")
+    add_flags(p, {k: s for k, s in attack_job_settings().items() if k in SHARED})  # every job gets these
     p.add_argument("--attack-config", dest="attack_config", help="YAML options for every attack.py job")
     p.add_argument("--defense-config", dest="defense_config", help="YAML options for every defense job "
                                                                    "(per-defense sections allowed)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 or a GPU index")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--data-root", dest="data_root", help="data folder or .tar.gz (default data/)")
     p.add_argument("--attack-dir", dest="attack_dir", help="root of attack.py outputs (default attack/)")
     p.add_argument("--defense-dir", dest="defense_dir",
                    help="root of the defense outputs (default defense_res/, REFINE: refine_res/)")
-    p.add_argument("--allow-embedded", dest="allow_embedded", type=str2bool)
-    p.add_argument("--test-size", dest="test_size", type=int, help="class-balanced test subset")
     p.add_argument("--out-table", dest="out_table",
                    help="path of the tables without extension (default results/compare_<DATASET>_<preset>)")
     p.add_argument("--table-only", dest="table_only", action="store_true",
-                   help="run nothing: the table of the newest matching finished runs")
+                   help="run nothing: the table of the finished runs whose settings equal, in full, those the jobs "
+                        "would run")
     p.add_argument("--sweep", help="SETTING=V1,V2,...: one column per value for each defense that has the "
                                     "setting (e.g. pad_size=0,2,4 for ShrinkPad's BA/ASR trade-off)")
     p.add_argument("--skip-missing", dest="skip_missing", action="store_true",

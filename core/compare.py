@@ -1,225 +1,29 @@
-"""The job behind ``compare.py``: attacks × defenses, each cell a run of attack.py's or defend.py's job, and
-the tables of the paper's Tables 1-2 built from the runs' ``metrics.json`` files (never typed by hand).
+"""The job behind ``compare.py``: attacks × defenses, each cell a run of attack.py's or defend.py's job.
 
 :func:`compare` runs what is missing (each attack's model first, then each defense of it); the jobs reuse
 finished runs and resume unfinished ones by themselves. :func:`table_only_results` runs nothing and picks the
-newest matching finished runs instead. :func:`write_tables` turns ``(attack, defense, metrics)`` triples into
-a Markdown file and CSV files; it needs no training, so tests call it directly.
+newest matching finished runs instead. Both return ``(attack, defense, metrics)`` triples read from the runs'
+``metrics.json``; :mod:`core.tables` lays them out (the paper's Tables 1-2) and writes the Markdown and CSV.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-import yaml
 
 from .attacks import attack_class
-from .cli import value_type
 from .config import CONFIG_DIR, preset_path, resolve
-from .defenses import DEFENSES, defense_class
+from .defenses import defense_class
 from .errors import UserError
-from .run_attack import DEFAULTS as ATTACK_DEFAULTS, attack_root, run_attack
-from .run_defense import defaults_for, defense_root, run_defense
-from .runlog import read_latest, read_metrics, read_run_record
-from .validate import validate
+from .jobs import check_for_dataset
+from .run_attack import AttackJob, attack_job_settings, attack_root, run_attack
+from .run_defense import DefenseJob, defaults_for, defense_job_settings, run_defense
+from .runlog import finished_run_matches, read_latest, read_metrics
+from .settings import check_value, defaults, validate
+from .tables import MISSING, NO_DEFENSE, ordered as _ordered
 
-NO_DEFENSE = "No Defense"
-MISSING = "—"
-FAILED_MARK = " ✗"
-ASR_LIMIT = 10.0  # a defense fails when its ASR is above this (%) ...
-BA_DROP_LIMIT = 10.0  # ... or its BA is more than this many points below the no-defense BA
-DETECTING = ("BTI-DBF-P", "BTI-DBF-U", "NC")  # defenses that name a target class (their `detection`)
 # compare.py's options that every job gets where it accepts them (attack_dir is attack.py's --out)
 SHARED = ("dataset", "model", "preset", "device", "seed", "data_root", "allow_embedded", "test_size")
-
-
-# -- the tables ---------------------------------------------------------------------------------------------
-
-def _label(defense) -> str:
-    return NO_DEFENSE if defense in (None, NO_DEFENSE) else defense
-
-
-def _ordered(values) -> list:
-    return list(dict.fromkeys(values))
-
-
-def _index(results) -> dict:
-    """``{(attack, defense label): metrics}`` of the triples; a later triple replaces an earlier one."""
-    return {(attack, _label(defense)): metrics for attack, defense, metrics in results}
-
-
-def failure(metrics: dict | None, reference_ba: float | None) -> dict:
-    """Which numbers of a defense cell fail: ``{'asr': bool, 'ba': bool, 'failed': bool}``; None for a
-    missing cell. ``reference_ba``: the BA without defense (None: the BA is not judged)."""
-    final = (metrics or {}).get("final")
-    if not final or "BA" not in final:
-        return None
-    asr = final.get("ASR") is not None and final["ASR"] > ASR_LIMIT
-    ba = reference_ba is not None and reference_ba - final["BA"] > BA_DROP_LIMIT
-    return {"asr": asr, "ba": ba, "failed": asr or ba}
-
-
-def _reference_ba(metrics: dict | None, attack_metrics: dict | None):
-    """The no-defense BA a defense cell is judged against: the defense run's own ``no_defense`` (same model,
-    same test images), else the attack run's final BA."""
-    for source in ((metrics or {}).get("no_defense"), (attack_metrics or {}).get("final")):
-        if source and source.get("BA") is not None:
-            return source["BA"]
-    return None
-
-
-def table_rows(results, attacks=None, defenses=None) -> list[dict]:
-    """One CSV-ready row per attack: ``attack``, ``No Defense BA/ASR`` and for each defense ``<D> BA``,
-    ``<D> ASR`` and ``<D> failed`` (floats and bools as read; None for a missing cell).
-
-    ``results``: ``(attack, defense, metrics)`` triples; ``defense`` None (or "No Defense") for the attack
-    run's metrics.json (its ``final``), else a defense run's metrics.json (``final``, ``no_defense``); metrics
-    None: no finished run. ``attacks``/``defenses``: row and column order (default: as they first appear).
-    """
-    cells = _index(results)
-    attacks = _ordered(attacks or [a for a, _, _ in results])
-    defenses = _ordered(defenses or [_label(d) for _, d, _ in results if _label(d) != NO_DEFENSE])
-    rows = []
-    for attack in attacks:
-        base = cells.get((attack, NO_DEFENSE))
-        final = (base or {}).get("final") or {}
-        row = {"attack": attack, f"{NO_DEFENSE} BA": final.get("BA"), f"{NO_DEFENSE} ASR": final.get("ASR")}
-        for defense in defenses:
-            metrics = cells.get((attack, defense))
-            after = (metrics or {}).get("final") or {}
-            verdict = failure(metrics, _reference_ba(metrics, base))
-            row.update({f"{defense} BA": after.get("BA"), f"{defense} ASR": after.get("ASR"),
-                        f"{defense} failed": None if verdict is None else verdict["failed"]})
-        rows.append(row)
-    return rows
-
-
-def detection_rows(results, attacks=None, defenses=None) -> list[dict]:
-    """One row per (attack, detecting defense): the attack's true target (``y_target`` of the attack config
-    recorded in the defense run, else in the attack run), the detected target, NC's flagged classes and
-    whether the detection is right (detected = true target, and for NC the true target is flagged).
-    A defense detects when it is one of :data:`DETECTING` or its metrics hold ``detection['target']``."""
-    cells = _index(results)
-    attacks = _ordered(attacks or [a for a, _, _ in results])
-    defenses = _ordered(defenses or [_label(d) for _, d, _ in results if _label(d) != NO_DEFENSE])
-    detecting = [d for d in defenses if d in DETECTING or any(
-        "target" in ((cells.get((a, d)) or {}).get("detection") or {}) for a in attacks)]
-    rows = []
-    for defense in detecting:
-        for attack in attacks:
-            metrics = cells.get((attack, defense)) or {}
-            detection = metrics.get("detection") or {}
-            true = _true_target(metrics, cells.get((attack, NO_DEFENSE)))
-            detected, flagged = detection.get("target"), detection.get("flagged")
-            correct = None
-            if detected is not None and true is not None:
-                correct = detected == true and (flagged is None or true in flagged)
-            rows.append({"attack": attack, "defense": defense, "true target": true, "detected target": detected,
-                         "flagged": flagged, "correct": correct})
-    return rows
-
-
-def _true_target(metrics: dict, attack_metrics: dict | None):
-    for source in (metrics, attack_metrics or {}):
-        target = (source.get("attack") or {}).get("y_target")
-        if target is not None:
-            return target
-    return None
-
-
-def _number(value, failed: bool = False) -> str:
-    return MISSING if value is None else f"{value:.2f}" + (FAILED_MARK if failed else "")
-
-
-def _md_table(header: list[str], lines: list[list[str]], align: list[str]) -> list[str]:
-    body = ["| " + " | ".join(cells) + " |" for cells in lines]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + body
-
-
-def markdown(results, attacks=None, defenses=None, title: str = "", sources: dict | None = None) -> str:
-    """The Markdown of the comparison: the BA/ASR table (a failing number gets a trailing ✗, a missing cell
-    is —), the detection table where a defense detects, and the metrics.json each cell was read from
-    (``sources``: ``{(attack, defense label): path}``)."""
-    cells = _index(results)
-    rows = table_rows(results, attacks, defenses)
-    columns = [NO_DEFENSE] + _ordered(defenses or [_label(d) for _, d, _ in results if _label(d) != NO_DEFENSE])
-    header = ["Attack"] + [f"{c} {m}" for c in columns for m in ("BA", "ASR")]
-    lines = []
-    for row in rows:
-        line = [row["attack"]]
-        base = cells.get((row["attack"], NO_DEFENSE))
-        for column in columns:
-            metrics = cells.get((row["attack"], column))
-            verdict = (failure(metrics, _reference_ba(metrics, base)) if column != NO_DEFENSE else None) or {}
-            line += [_number(row[f"{column} BA"], verdict.get("ba", False)),
-                     _number(row[f"{column} ASR"], verdict.get("asr", False))]
-        lines.append(line)
-    text = ([f"# {title}", ""] if title else []) + _md_table(header, lines, ["---"] + ["---:"] * (len(header) - 1))
-    text += ["", f"✗: the defense failed (ASR > {ASR_LIMIT:g} %, or BA more than {BA_DROP_LIMIT:g} points below "
-                 f"the BA without defense). {MISSING}: no finished run."]
-    detections = detection_rows(results, attacks, defenses)
-    if detections:
-        text += ["", "## Detection (target class)", ""]
-        text += _md_table(["Attack", "Defense", "True target", "Detected target", "Flagged", "Correct"],
-                          [[r["attack"], r["defense"], _plain(r["true target"]), _plain(r["detected target"]),
-                            _plain(r["flagged"]), _plain(r["correct"])] for r in detections],
-                          ["---", "---", "---:", "---:", "---", "---"])
-    if sources:
-        text += ["", "## Sources", ""] + [f"- {a} / {d}: `{_shown(p)}`" for (a, d), p in sources.items()]
-    return "\n".join(text) + "\n"
-
-
-def _shown(path) -> str:
-    """A path relative to the working directory when it lies below it (as the tables are read from the repo)."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _plain(value) -> str:
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return " ".join(map(str, value)) or "none"
-    return str(value)
-
-
-def _csv_value(value):
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return value
-
-
-def write_csv(rows: list[dict], path) -> None:
-    """Rows as CSV: floats as Python writes them (they read back equal), True/False, an empty missing cell."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["attack"])
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
-
-
-def write_tables(results, stem, attacks=None, defenses=None, title: str = "",
-                 sources: dict | None = None) -> list[Path]:
-    """Writes ``<stem>.md``, ``<stem>.csv`` and, where a defense detects, ``<stem>_detection.csv``; returns
-    the paths written."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    md, table = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
-    md.write_text(markdown(results, attacks, defenses, title, sources))
-    write_csv(table_rows(results, attacks, defenses), table)
-    written = [md, table]
-    detections = detection_rows(results, attacks, defenses)
-    if detections:
-        written.append(stem.with_name(stem.name + "_detection.csv"))
-        write_csv(detections, written[-1])
-    return written
 
 
 # -- the jobs -----------------------------------------------------------------------------------------------
@@ -247,7 +51,7 @@ def attack_config(opts: argparse.Namespace, attack: str) -> dict:
         ns.out = opts.attack_dir
     if "attack_config" in opts:
         ns.config = opts.attack_config
-    return resolve("attack", ATTACK_DEFAULTS, ns)
+    return resolve("attack", defaults(attack_job_settings()), ns)
 
 
 def defense_config(opts: argparse.Namespace, attack: str, defense: str) -> dict:
@@ -279,7 +83,7 @@ def variants(defenses: list[str], sweep: str | None) -> list[tuple[str, str, dic
     if not sweep:
         return [(d, d, {}) for d in defenses]
     key, values = parse_sweep(sweep)
-    owners = [d for d in defenses if key in defaults_for(d)]
+    owners = [d for d in defenses if key in defense_class(d).settings]
     if not owners:
         raise UserError(f"--sweep {key} is not a setting of {', '.join(defenses)}; see defend.py --list and "
                         f"docs/flags.md")
@@ -288,12 +92,16 @@ def variants(defenses: list[str], sweep: str | None) -> list[tuple[str, str, dic
         if defense not in owners:
             columns.append((defense, defense, {}))
             continue
-        kind = value_type(defaults_for(defense)[key])
+        setting = defense_class(defense).settings[key]
         for value in values:
             try:
-                typed = kind(value)
-            except (TypeError, ValueError, argparse.ArgumentTypeError):
-                raise UserError(f"--sweep {key}: {value!r} is not a valid value (expected {kind.__name__})") from None
+                typed = setting.check.parse(value) if setting.check is not None else value
+            except (TypeError, ValueError):
+                typed = value  # the check names what is allowed
+            try:
+                typed = check_value(key, setting, typed)
+            except UserError as exc:
+                raise UserError(f"--sweep {key}: {value!r} is not a valid value ({exc})") from None
             columns.append((f"{defense} {key}={value}", defense, {key: typed}))
     return columns
 
@@ -307,10 +115,11 @@ def plan(opts: argparse.Namespace) -> tuple[list[str], list[str], dict]:
     configs = {}
     for attack in attacks:
         configs[(attack, NO_DEFENSE)] = config = attack_config(opts, attack)
-        validate("attack", config)
+        check_for_dataset(validate(config, attack_job_settings()), attack_job_settings())
         for label, defense, overrides in columns:
             config = {**defense_config(opts, attack, defense), **overrides}
-            validate("defense", config, extra_rules=DEFENSES[defense].checks)
+            job_settings = defense_job_settings(defense_class(defense))
+            check_for_dataset(validate(config, job_settings), job_settings)
             configs[(attack, label)] = config
     return attacks, [label for label, _, _ in columns], configs
 
@@ -334,10 +143,11 @@ def _summary(metrics: dict) -> str:
 
 
 def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]:
-    """Runs every cell of the comparison that is not finished yet: for each attack attack.py's job, then
-    each defense's job on that model. A cell whose job fails (UserError) is reported in one line and left
-    empty; the others go on. ``opts.skip_missing``: no attack model is trained; each attack's defenses
-    defend attack.py's latest finished model, and an attack without one is skipped.
+    """Runs every cell of the comparison that is not finished yet: for each attack attack.py's job (after the
+    job of its ``reference_attack``, e.g. Benign before LC, when that has no finished run), then each defense's
+    job on the model that very job made. A cell whose job fails (UserError) is reported in one line and left
+    empty; the others go on. ``opts.skip_missing``: no attack model is trained; each attack's defenses defend
+    attack.py's latest finished model of the preset, and an attack without one is skipped.
 
     Returns (``(attack, defense, metrics)`` triples, ``{(attack, label): metrics.json path}``, failed cells).
     """
@@ -348,14 +158,18 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
         step += 1
         config = configs[(attack, NO_DEFENSE)]
         if _given(opts, "skip_missing"):
-            metrics, path = _finished_metrics(read_latest(attack_root(config)))
+            folder = read_latest(attack_root(config), config.get("preset") or "custom")
+            metrics, path = _finished_metrics(folder)
             log(f"[{step}/{total}] {attack} / {NO_DEFENSE}: " + (
                 f"{_summary(metrics)} (latest finished model, {path.parent})" if metrics else
                 "no finished model, skipped with its defenses (--skip-missing)"))
         else:
+            reference = attack_class(attack).reference_attack
+            if reference and reference not in attacks and not _reference_ready(config, reference):
+                log(f"[{step}/{total}] {attack} needs a {reference} model first: attack.py job of {reference}")
+                _run_cell(lambda: run_attack(attack_config(opts, reference)), reference, NO_DEFENSE, log, failed)
             log(f"[{step}/{total}] {attack} / {NO_DEFENSE}: attack.py job")
-            metrics, path = _run_cell(lambda: run_attack(config), lambda: attack_root(config), attack, NO_DEFENSE,
-                                      log, failed)
+            metrics, path = _run_cell(lambda: run_attack(config), attack, NO_DEFENSE, log, failed)
         results.append((attack, None, metrics))
         if path:
             sources[(attack, NO_DEFENSE)] = path
@@ -365,28 +179,33 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
                 log(f"[{step}/{total}] {attack} / {defense}: skipped (no model of {attack} to defend)")
                 results.append((attack, defense, None))
                 continue
-            config = configs[(attack, defense)]
+            config = {**configs[(attack, defense)], "model_path": str(path.parent / "model.pth")}
             log(f"[{step}/{total}] {attack} / {defense}: defense job")
-            cell, cell_path = _run_cell(lambda: run_defense(config), lambda: defense_root(config), attack, defense,
-                                        log, failed)
+            cell, cell_path = _run_cell(lambda: run_defense(config), attack, defense, log, failed)
             results.append((attack, defense, cell))
             if cell_path:
                 sources[(attack, defense)] = cell_path
     return results, sources, failed
 
 
-def _run_cell(job, root, attack: str, label: str, log, failed: list):
-    """Runs one job; (metrics, metrics.json path) of the run it finished or found, read back from its folder
-    (``root()/latest``); (None, None) with a one-line report when it fails."""
+def _reference_ready(config: dict, reference: str) -> bool:
+    root = attack_root({**config, "attack": reference})
+    latest = read_latest(root, config.get("preset") or "custom") or read_latest(root)
+    return latest is not None and (latest / "model.pth").is_file()
+
+
+def _run_cell(job, attack: str, label: str, log, failed: list):
+    """Runs one job; (metrics, metrics.json path) of the run folder it returns (finished now or before);
+    (None, None) with a one-line report when it fails."""
     try:
-        job()
+        folder = job()
     except UserError as exc:
         log(f"    {attack} / {label}: failed: {_one_line(exc)}")
         failed.append(f"{attack}/{label}")
         return None, None
-    metrics, path = _finished_metrics(read_latest(root()))
+    metrics, path = _finished_metrics(folder)
     if metrics is None:
-        log(f"    {attack} / {label}: the job ended without a finished run under {root()}")
+        log(f"    {attack} / {label}: the job ended without a finished run in {folder}")
         failed.append(f"{attack}/{label}")
         return None, None
     log(f"    {attack} / {label}: {_summary(metrics)} ({path})")
@@ -395,113 +214,50 @@ def _run_cell(job, root, attack: str, label: str, log, failed: list):
 
 # -- --table-only: the runs already there -------------------------------------------------------------------
 
-def _read_config(folder: Path) -> dict:
+def _planned_run(job) -> tuple[Path | None, str]:
+    """The folder of a finished run of exactly the settings the job would run (every resolved setting, the data
+    found, the trigger and model files' hashes, the methods' versions: the folder is named by their hash), and
+    why there is none."""
     try:
-        return yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
-def finished_runs(root: Path, product: str) -> list[Path]:
-    """Finished run folders directly below ``root`` (run.json says finished, ``product`` and final metrics
-    exist), the ``latest`` one first, then newest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = []
-    for folder in root.iterdir():
-        if folder.is_symlink() or not folder.is_dir() or not (folder / product).is_file():
-            continue
-        try:
-            record = read_run_record(folder)
-        except UserError:
-            continue
-        if record and record.get("finished") and read_metrics(folder).get("final"):
-            runs.append(folder.resolve())
-    latest = read_latest(root)
-    runs.sort(key=lambda f: (f != latest, -(f / "metrics.json").stat().st_mtime))
-    return runs
-
-
-def _plain_value(value):
-    return list(value) if isinstance(value, tuple) else value  # YAML gives back a tuple as a list
-
-
-def _matches(folder: Path, config: dict, opts: argparse.Namespace, values: dict) -> bool:
-    """A run of the same preset as ``config`` (and of ``opts.seed`` when given) that recorded ``values`` (the
-    method's own settings: ShrinkPad's ``pad_size``, an attack's ``poisoned_rate``...): a run made with another
-    pad size or trigger is not this cell."""
-    saved = _read_config(folder)
-    return (saved.get("preset") == config.get("preset") and ("seed" not in opts or saved.get("seed") == opts.seed)
-            and all(_plain_value(saved.get(k)) == _plain_value(v) for k, v in values.items()))
-
-
-RECIPE = ("model", "width", "epochs", "batch_size", "lr", "schedule", "augment", "label_smoothing")
-
-
-def _attack_values(config: dict) -> dict:
-    """What an attack run must have recorded to be this cell: the training recipe and the attack's own
-    settings (an unset one takes the attack's default; one the attack derives at run time, such as WaNet's
-    grid size or LC's clean model, is not compared)."""
-    cls = attack_class(config["attack"])
-    values = {k: config[k] for k in RECIPE if k in config}
-    values.update(attack=cls.name, y_target=config.get("y_target"),
-                  poisoned_rate=cls.default_poisoned_rate if config.get("poisoned_rate") is None
-                  else config["poisoned_rate"])
-    for key, setting in cls.settings.items():
-        value = setting.default if config.get(key) is None else config[key]
-        if value is not None and key != "benign_model":
-            values[key] = value
-    return values
+        job.plan()  # checks and loads only: writes nothing
+    except UserError as exc:
+        return None, _one_line(exc)
+    matches, reason = finished_run_matches(job.folder, job.settings, job.product)
+    if matches:
+        return job.folder, ""
+    siblings = sorted((p for p in Path(job.folder).parent.glob("*_seed*_*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    for sibling in siblings:
+        ok, why = finished_run_matches(sibling, job.settings, job.product)
+        if why and "unfinished" not in why:
+            return None, f"no finished run of these settings; the newest other run, {sibling.name}, differs: {why}"
+    return None, reason or "no finished run of these settings"
 
 
 def table_only_results(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]:
-    """The comparison from runs already finished, running nothing: for each attack the newest finished
-    attack.py run of the same preset (and seed, if given) and attack settings, for each defense the newest
-    finished run of it with the same settings that defended that very model (its ``model_path`` lies in the
-    attack run's folder). Missing cells stay empty. Returns what :func:`compare` returns (no failed cells)."""
+    """The comparison from runs already finished, running nothing: a cell is the finished run whose recorded
+    settings equal, in full, those its job would run now (for a defense: of the attack cell's very model), so a
+    run of another recipe, data, trigger or method version is never taken. Missing cells stay empty, and the
+    log says why. Returns what :func:`compare` returns (no failed cells)."""
     attacks, defenses, configs = plan(opts)
     results, sources = [], {}
     for attack in attacks:
-        config = configs[(attack, NO_DEFENSE)]
-        runs = [f for f in finished_runs(attack_root(config), "model.pth")
-                if _matches(f, config, opts, _attack_values(config))]
-        model_run = runs[0] if runs else None
-        metrics, path = _finished_metrics(model_run)
+        folder, why = _planned_run(AttackJob(configs[(attack, NO_DEFENSE)]))
+        metrics, path = _finished_metrics(folder)
         results.append((attack, None, metrics))
         if path:
             sources[(attack, NO_DEFENSE)] = path
-        log(f"{attack} / {NO_DEFENSE}: " + (f"{_summary(metrics)} ({path})" if metrics else MISSING))
+        log(f"{attack} / {NO_DEFENSE}: " + (f"{_summary(metrics)} ({path})" if metrics else f"{MISSING} ({why})"))
         for defense in defenses:
-            config = configs[(attack, defense)]
-            runs = [f for f in finished_runs(defense_root(config), "defended_model.pth")
-                    if _matches(f, config, opts, {k: config[k] for k in DEFENSES[config["defense"]].defaults})
-                    and (model_run is None or _defended(f) == model_run)]
-            metrics, path = _finished_metrics(runs[0] if runs else None)
+            metrics = path_ = None
+            if folder is not None:
+                config = {**configs[(attack, defense)], "model_path": str(folder / "model.pth")}
+                cell, why = _planned_run(DefenseJob(config))
+                metrics, path_ = _finished_metrics(cell)
+            else:
+                why = f"no {attack} model"
             results.append((attack, defense, metrics))
-            if path:
-                sources[(attack, defense)] = path
-            log(f"{attack} / {defense}: " + (f"{_summary(metrics)} ({path})" if metrics else MISSING))
+            if path_:
+                sources[(attack, defense)] = path_
+            log(f"{attack} / {defense}: " + (f"{_summary(metrics)} ({path_})" if metrics else f"{MISSING} ({why})"))
     return results, sources, []
-
-
-def _defended(folder: Path) -> Path | None:
-    """The run folder of the model a defense run defended (from its config.yaml's ``model_path``)."""
-    path = _read_config(folder).get("model_path")
-    return Path(path).resolve().parent if path else None
-
-
-def load_csv(path) -> list[dict]:
-    """Reads a table written by :func:`write_csv` back (numbers as floats, True/False as bools, empty as None)."""
-    def parse(value: str):
-        if value in ("", "True", "False"):
-            return {"": None, "True": True, "False": False}[value]
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        return value
-
-    with open(path, newline="") as fh:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]

@@ -25,7 +25,9 @@ import torch
 
 from .checkpoint import atomic_save
 from .errors import UserError
+from .checks import choice, integer
 from .seeding import generator
+from .settings import Setting
 
 DATASETS = {
     # name: (number of classes, image side)
@@ -36,6 +38,13 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # A real 10,000/2,000 CIFAR-10 sample committed with the code, so the mini preset runs offline.
 EMBEDDED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "cifar10_sample.tar.gz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+# Which data a run uses (its training-set size is the attack's train_size, or the defense's data_fraction).
+DATA = {
+    "dataset": Setting("CIFAR10", "data set", choice(DATASETS), "data"),
+    "test_size": Setting(None, "class-balanced test subset (default: the whole test split)",
+                         integer(1, optional=True), "data"),
+}
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The job behind ``defend.py`` and ``refine.py``: defend a trained classifier with one defense, evaluate,
 save the deployed model.
 
-One job for every defense (core.defenses.DEFENSES): it finds the model to defend and the poisoned test set of
-its attack, takes the defender's share of the training set, runs ``Defense.fit`` with a resumable context and
-evaluates the deployed model with the same metrics. Outputs: ``<out>/<DATASET>/<MODEL>/<ATTACK>/<DEFENSE>/<run>``
-(REFINE keeps the official layout, ``refine_res/<DATASET>/<MODEL>/<ATTACK>/<run>``).
+One job for every registered defense (core.defenses.DEFENSES): it finds the model to defend and the poisoned
+test set of its attack, takes the defender's share of the training set, runs ``Defense.fit`` with a resumable
+context and evaluates the deployed model with the same metrics. Outputs:
+``<out>/<DATASET>/<MODEL>/<ATTACK>/<DEFENSE>/<run>`` (REFINE keeps the official layout,
+``refine_res/<DATASET>/<MODEL>/<ATTACK>/<run>``).
 """
 from __future__ import annotations
 
@@ -16,42 +17,61 @@ import torch
 
 from .attacks import attack_class, canonical_name, restore_attack
 from .checkpoint import load_classifier
+from .checks import choice, existing_file, integer, name, text
 from .config import read_yaml
-from .data import dataset_info, evaluation_subset, load_split, seeded_subset
+from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subset
 from .defenses import DEFENSES, FitContext, defense_class, load_deployed, save_deployed
 from .download import ensure_data
-from .errors import DivergedError, UserError
+from .errors import UserError
+from .jobs import MODEL, Job, check_for_dataset, check_trigger_tensor, run_job, run_settings
 from .metrics import ba_asr, default_eval_batch_size
-from .runlog import (atomic_text, check_run_folder, describe_split, finish_run, format_metrics, read_latest,
-                     report_finished, run_name, run_settings, start_run)
-from .train import EpochState, device_name, resolve_device
-from .validate import validate
+from .models import NORMALIZATION_HELP, NORMALIZATIONS
+from .runlog import RunLog, describe_split, format_metrics, method_versions, read_latest, run_name
+from .settings import RUN, Setting, defaults, flatten, merge, validate
+from .train import device_name, resolve_device
 
-# What every defense run has, whatever the defense: the model to defend and its attack, the data, where
-# outputs go and how the run goes. Each defense adds its own settings (core.defenses: ``Defense.defaults``).
-COMMON = {
-    "defense": "REFINE", "dataset": "CIFAR10", "model": "ResNet18", "attack": "BadNets", "model_path": None,
-    "attack_dir": "attack", "tlabel": None, "trigger": None, "normalization": None,
-    "compile": False, "fused": False, "test_size": None, "allow_embedded": False,
-    "data_root": "data", "out": None, "run_name": None, "device": "auto", "amp": True, "seed": 0,
-    "eval_every": 10, "eval_batch_size": None, "fresh": False,
-    "mean": None, "std": None, "download": False,  # explicit normalization of a raw state_dict; fetch CIFAR-10
+# The model to defend and where the run goes: what every defense run has, whatever the defense.
+TARGET = {
+    "defense": Setting("REFINE", "the defense (defend.py --list)", text(), "run"),
+    "out": Setting(None, "output root (default defense_res/; REFINE: refine_res/)", text(optional=True), "run",
+                   aliases=("--refine_res",)),
+    "run_name": Setting(None, "run folder name (default <preset>_seed<seed>_<hash8>)", name(optional=True), "run"),
+    "attack": Setting("BadNets", "attack name: picks <attack-dir>/<DATASET>/<MODEL>/<ATTACK>/latest/model.pth and "
+                                 "its trigger", name(optional=True), "data"),
+    "attack_dir": Setting("attack", "root of attack.py's outputs", text(), "run"),
+    "model_path": Setting(None, "checkpoint to defend (any source; default: the attack's latest run)",
+                          existing_file(), "data", aliases=("--model_path",)),
+    "model": MODEL["model"],
+    "y_target": Setting(None, "target label, for third-party models", integer(0, optional=True), "data",
+                        aliases=("--tlabel",)),
+    "trigger": Setting(None, "trigger file, for third-party models", existing_file(), "data"),
+    "normalization": Setting(None, f"input normalization of a raw third-party state_dict (a model saved by attack.py "
+                                   f"records its own); {NORMALIZATION_HELP}", choice(NORMALIZATIONS, optional=True),
+                             "train"),
+    "mean": MODEL["mean"],
+    "std": MODEL["std"],
 }
 
 
-def defaults_for(defense: str) -> dict:
-    """The built-in configuration of a run of ``defense``: :data:`COMMON` + the defense's own settings."""
-    cls = defense_class(defense)
-    return {**COMMON, "defense": cls.name, **cls.defaults}
+def defense_job_settings(cls) -> dict[str, Setting]:
+    """Every setting of a run of the defense class ``cls``: how it runs, the data, the model to defend, and the
+    defense's own declared settings."""
+    return merge(RUN, DATA, TARGET, cls.settings)
 
 
-def all_defense_settings() -> dict:
-    """Every defense's settings (key -> default of the first defense that has it): defend.py's flags."""
-    merged = {}
+def all_defense_settings() -> dict[str, Setting]:
+    """Every defense's settings (key -> the first declaration): defend.py's flags."""
+    merged: dict[str, Setting] = {}
     for cls in DEFENSES.values():
-        for key, value in cls.defaults.items():
-            merged.setdefault(key, value)
+        for key, setting in cls.settings.items():
+            merged.setdefault(key, setting)
     return merged
+
+
+def defaults_for(defense: str) -> dict:
+    """The built-in configuration of a run of ``defense``."""
+    cls = defense_class(defense)
+    return {**defaults(defense_job_settings(cls)), "defense": cls.name}
 
 
 def attack_folder(config: dict) -> Path:
@@ -61,16 +81,14 @@ def attack_folder(config: dict) -> Path:
 
 def target_model_path(config: dict) -> Path:
     """The checkpoint to defend: ``--model-path``, else the model of attack.py's latest finished run for this
-    dataset/model/attack (``<attack folder>/latest/model.pth``; a pre-run-folder ``<attack folder>/model.pth``
-    is still found). Returned absolute and resolved, so that the run records which file it defended."""
+    dataset/model/attack of the same preset (``<attack folder>/latest-<preset>``), else of any preset
+    (``<attack folder>/latest``). Returned absolute and resolved, so that the run records which file it defended."""
     if config["model_path"]:
         return Path(config["model_path"]).expanduser().resolve()
     root = attack_folder(config)
-    latest = read_latest(root)
-    if latest is not None and (latest / "model.pth").is_file():
-        return latest / "model.pth"
-    if (root / "model.pth").is_file():
-        return (root / "model.pth").resolve()
+    for latest in (read_latest(root, config.get("preset") or "custom"), read_latest(root)):
+        if latest is not None and (latest / "model.pth").is_file():
+            return latest / "model.pth"
     raise UserError(f"no trained model at {root / 'latest' / 'model.pth'}: run `python attack.py --dataset "
                     f"{config['dataset']} --attack {config['attack']}` first, or pass --model-path")
 
@@ -90,9 +108,9 @@ def poisoned_testset(config: dict, meta: dict, test, image_size: int, log=None):
     third-party model (no saved trigger) gets one from ``--trigger`` or, failing that, from the seed."""
     attack_config, tensors = meta.get("attack"), meta.get("trigger")
     if attack_config is None:
-        if config["attack"] in (None, "Benign", "none") or config["tlabel"] is None and not config["trigger"]:
+        if config["attack"] in (None, "Benign", "none") or config["y_target"] is None and not config["trigger"]:
             return None, None, None
-        attack_config = {"attack": attack_class(config["attack"]).name, "y_target": config["tlabel"] or 0, "seed": 0,
+        attack_config = {"attack": attack_class(config["attack"]).name, "y_target": config["y_target"] or 0, "seed": 0,
                          "trigger_path": config["trigger"]}
     if attack_config["attack"] == "Benign":
         return None, attack_config, None
@@ -148,102 +166,104 @@ def write_preview(path, deployed, defense, test, poisoned_test, seed: int, count
     return write_png(grid, path, upscale=max(1, 96 // clean.shape[-1]))
 
 
-def run_defense(config: dict) -> dict:
-    """Defends a trained classifier as ``config`` says; returns ``{'no_defense': metrics, 'defense': metrics,
-    'detection': dict}`` (metrics: BA/ASR with exact counts).
+class DefenseJob(Job):
+    """Defends a trained classifier as ``config`` says (see :func:`defense_job_settings`)."""
+
+    def plan(self) -> None:
+        cls = self.defense_cls = defense_class(self.config.get("defense") or "REFINE")
+        job_settings = defense_job_settings(cls)
+        config = validate({**self.config, "defense": cls.name}, job_settings)
+        config["attack"] = canonical_name(config["attack"]) or config["attack"]  # PhysicalBA -> Physical
+        check_for_dataset(config, job_settings)
+        num_classes, image_size = dataset_info(config["dataset"])
+        if str(config.get("trigger") or "").endswith((".pth", ".pt")):
+            check_trigger_tensor(config["trigger"], image_size)
+        self.device = device = resolve_device(config["device"])
+        config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
+                  "data_root": str(Path(config["data_root"]).expanduser().resolve()),
+                  "attack_dir": str(Path(config["attack_dir"]).expanduser().resolve()),
+                  "out": str(Path(config["out"] or default_out(cls.name)).expanduser().resolve())}
+        self.classifier, meta, model_path = load_target_model(config, num_classes, self.notes.append)
+        config = {**config, "model_path": str(model_path),  # the file defended, absolute (its hash is in the settings)
+                  **{k: self.classifier.spec[k] for k in ("normalization", "mean", "std")}}  # what is used
+        ensure_data(config, self.notes.append)
+        train = load_split(config["dataset"], "train", config["data_root"], config["allow_embedded"])
+        test = load_split(config["dataset"], "test", config["data_root"], config["allow_embedded"])
+        if config["test_size"]:
+            test = evaluation_subset(test, config["test_size"])
+        self.train, self.test = train, test
+        self.data = _defender_data(config, train, cls)
+        self.defense = cls(**{k: config[k] for k in cls.settings})
+        self.poisoned_test, self.attack_config, self.trigger = poisoned_testset(config, meta, test, image_size,
+                                                                                self.notes.append)
+        self.config = config
+        self.settings = run_settings(config, job_settings, data={"train": describe_split(train),
+                                                                 "test": describe_split(test)},
+                                     method_version=method_versions(cls, self.attack_config and attack_class(
+                                         self.attack_config["attack"])))
+        self.folder = defense_root(config) / (config["run_name"] or run_name(config, self.settings))
+        self.product, self.label = "defended_model.pth", f"{cls.name} "
+        self.header = (f"{cls.name}: defending {model_path} ({self.classifier.spec['model']} width "
+                       f"{self.classifier.spec['width']}) on {config['dataset']}, device {device}, output {self.folder}")
+
+    def execute(self, run: RunLog) -> str:
+        config, cls, device, test, poisoned_test = (self.config, self.defense_cls, self.device, self.test,
+                                                    self.poisoned_test)
+        folder, classifier, defense = run.folder, self.classifier, self.defense
+        run.log(f"normalization inside the model: {config['normalization']} (mean {config['mean']}, std "
+                f"{config['std']})")
+        run.log(f"data: {self.train.source}; {len(self.data)} {'labelled' if cls.labelled else 'unlabeled'} images "
+                f"for the defense")
+        run.log(f"data: {test.source}; {len(test)} test images")
+        if poisoned_test is None:
+            run.log("no attack known for this model: ASR is not measured (pass --attack and --trigger for a "
+                    "third-party model)")
+        original = ba_asr(classifier.to(device), test, poisoned_test, config["eval_batch_size"], device)
+        run.update_metrics(no_defense=original, attack=self.attack_config)
+        run.log(f"no defense (original model): {format_metrics(original)}")
+        final_seen = {}
+
+        def evaluate(deployed, epoch: int, final: bool = False) -> dict:
+            torch.manual_seed(config["seed"])  # random transforms (ShrinkPad, purifier noise) evaluate reproducibly
+            metrics = ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
+            run.append_metric("evaluations", {"epoch": epoch, **metrics})
+            run.log(f"{cls.name} after epoch {epoch}: {format_metrics(metrics)}")
+            if final:
+                final_seen["metrics"] = metrics
+            return metrics
+
+        ctx = FitContext(device=device, seed=config["seed"], amp=config["amp"], log=run.log, work_dir=folder,
+                         fingerprint=self.settings, evaluate=evaluate, eval_every=config["eval_every"],
+                         compile=config["compile"], fused=config["fused"])
+        started = time.time()
+        deployed = defense.fit(classifier, self.data, ctx)
+        final = final_seen.get("metrics")
+        if final is None:  # a defense that evaluates nothing itself, or a run resumed after its last epoch
+            torch.manual_seed(config["seed"])
+            final = ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
+        deployed = deployed.cpu().eval()
+        defense.write_outputs(deployed, folder)
+        write_preview(folder / "preview.png", deployed, defense, test, poisoned_test, config["seed"])
+        save_deployed(folder / "defended_model.pth", deployed, defense=cls.name, dataset=config["dataset"],
+                      attack=self.attack_config, trigger=self.trigger, source_model=config["model_path"],
+                      final_metrics=final, detection=defense.detection)
+        run.update_metrics(final=final, detection=defense.detection, parts=deployed.describe(),
+                           device=device_name(device), train_wall_seconds_this_call=round(time.time() - started, 1))
+        if defense.detection:
+            run.log(f"{cls.name} detection: {json.dumps(defense.detection)[:300]}")
+        return (f"no defense {format_metrics(original)} -> {cls.name} {format_metrics(final)}; defended model at "
+                f"{folder / 'defended_model.pth'}")
+
+
+def run_defense(config: dict) -> Path:
+    """Defends a trained classifier as ``config`` says; returns the run folder (defended_model.pth, metrics.json
+    with ``no_defense``, ``final`` and ``detection``, log.txt, ...).
 
     The run folder is ``<preset>_seed<seed>_<hash8>`` (or ``--run-name``), where the hash covers the whole
     configuration and the SHA-256 of the defended model file (see core.runlog). Every check - options, model,
     data, trigger, an existing run in the way - comes before the first write.
     """
-    defense_cls = defense_class(config.get("defense") or "REFINE")
-    config = validate("defense", {**config, "defense": defense_cls.name}, extra_rules=defense_cls.checks)
-    config["attack"] = canonical_name(config["attack"]) or config["attack"]  # PhysicalBA -> Physical
-    num_classes, image_size = dataset_info(config["dataset"])
-    device = resolve_device(config["device"])
-    config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
-              "data_root": str(Path(config["data_root"]).expanduser().resolve()),
-              "attack_dir": str(Path(config["attack_dir"]).expanduser().resolve()),
-              "out": str(Path(config["out"] or default_out(defense_cls.name)).expanduser().resolve())}
-    notes = []  # log lines from before the run folder exists
-    classifier, meta, model_path = load_target_model(config, num_classes, notes.append)
-    config = {**config, "model_path": str(model_path),  # the file defended, absolute (its hash is in the settings)
-              **{k: classifier.spec[k] for k in ("normalization", "mean", "std")}}  # what is used
-    ensure_data(config, notes.append)
-    train = load_split(config["dataset"], "train", config["data_root"], config["allow_embedded"])
-    test = load_split(config["dataset"], "test", config["data_root"], config["allow_embedded"])
-    if config["test_size"]:
-        test = evaluation_subset(test, config["test_size"])
-    data = _defender_data(config, train, defense_cls)
-    defense = defense_cls(**{k: config[k] for k in defense_cls.defaults})
-    poisoned_test, attack_config, trigger = poisoned_testset(config, meta, test, image_size, notes.append)
-    settings = run_settings(config, data={"train": describe_split(train), "test": describe_split(test)})
-    folder = defense_root(config) / (config["run_name"] or run_name(config, settings))
-    state_path = folder / "train_state.pth"
-    status = check_run_folder(folder, settings, "defended_model.pth", config["fresh"])
-    if status == "finished":
-        metrics = report_finished(folder, label=f"{defense_cls.name} ")
-        return {"no_defense": metrics.get("no_defense"), "defense": metrics.get("final", {}),
-                "detection": metrics.get("detection", {})}
-    if status == "resume" and state_path.is_file():
-        EpochState.read(state_path, settings)  # a damaged state file is named before anything is written
-
-    # -- every check passed: from here on the run writes into its folder ------------------------------
-    run = start_run(folder, status, settings, config, notes,
-                    discard=("train_state.pth", "finetune_state.pth", "defended_model.pth"),
-                    header=f"{defense_cls.name}: defending {model_path} ({classifier.spec['model']} width "
-                           f"{classifier.spec['width']}) on {config['dataset']}, device {device}, output {folder}")
-    run.log(f"normalization inside the model: {config['normalization']} (mean {config['mean']}, std {config['std']})")
-    run.log(f"data: {train.source}; {len(data)} {'labelled' if defense_cls.labelled else 'unlabeled'} images "
-            f"for the defense")
-    run.log(f"data: {test.source}; {len(test)} test images")
-    if poisoned_test is None:
-        run.log("no attack known for this model: ASR is not measured (pass --attack and --trigger for a third-party model)")
-
-    original = ba_asr(classifier.to(device), test, poisoned_test, config["eval_batch_size"], device)
-    run.update_metrics(no_defense=original, attack=attack_config)
-    run.log(f"no defense (original model): {format_metrics(original)}")
-
-    def evaluate(deployed, epoch: int) -> dict:
-        torch.manual_seed(config["seed"])  # random transforms (ShrinkPad, purifier noise) evaluate reproducibly
-        metrics = ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
-        run.append_metric("evaluations", {"epoch": epoch, **metrics})
-        run.log(f"{defense_cls.name} after epoch {epoch}: {format_metrics(metrics)}")
-        return metrics
-
-    ctx = FitContext(device=device, seed=config["seed"], amp=config["amp"], log=run.log, work_dir=folder,
-                     fingerprint=settings, evaluate=evaluate, eval_every=config["eval_every"],
-                     compile=config["compile"], fused=config["fused"])
-    started = time.time()
-    try:
-        deployed = defense.fit(classifier, data, ctx)
-    except DivergedError as exc:
-        run.log(f"stopped: {exc}; no defended model saved, the last good epoch stays resumable", echo=False)
-        raise
-    done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config.get("epochs")]
-    if done:
-        final = {k: v for k, v in done[-1].items() if k != "epoch"}
-    else:
-        torch.manual_seed(config["seed"])
-        final = ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
-    deployed = deployed.cpu().eval()
-    if hasattr(deployed.output_map, "permutation"):
-        atomic_text(folder / "label_mapping.json", json.dumps(
-            {"permutation": deployed.output_map.permutation.tolist(),
-             "meaning": "the score of original class j is moved to position permutation[j]"}, indent=2))
-    write_preview(folder / "preview.png", deployed, defense, test, poisoned_test, config["seed"])
-    save_deployed(folder / "defended_model.pth", deployed, defense=defense_cls.name, dataset=config["dataset"],
-                  attack=attack_config, trigger=trigger, source_model=str(model_path), final_metrics=final,
-                  detection=defense.detection)
-    wall = time.time() - started
-    run.update_metrics(final=final, detection=defense.detection, parts=deployed.describe(),
-                       device=device_name(device), train_wall_seconds_this_call=round(wall, 1))
-    if defense.detection:
-        run.log(f"{defense_cls.name} detection: {json.dumps(defense.detection)[:300]}")
-    finish_run(folder, settings)
-    run.log(f"done in {wall / 60:.1f} min: no defense {format_metrics(original)} -> {defense_cls.name} "
-            f"{format_metrics(final)}; defended model at {folder / 'defended_model.pth'}")
-    return {"no_defense": original, "defense": final, "detection": defense.detection}
+    return run_job(DefenseJob(config))
 
 
 def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embedded: bool = False,
@@ -258,11 +278,11 @@ def evaluate_run(run_folder, data_root: str = "data", device="auto", allow_embed
     model, meta = load_deployed(path)
     dataset = meta.get("dataset", "CIFAR10")
     _, image_size = dataset_info(dataset)
-    saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    saved = flatten(read_yaml(folder / "config.yaml")) if (folder / "config.yaml").is_file() else {}
     test = load_split(dataset, "test", data_root, allow_embedded or saved.get("allow_embedded", False))
     if saved.get("test_size"):  # the run's own test subset, so that its final numbers are reproduced
         test = evaluation_subset(test, saved["test_size"])
-    poisoned_test, _, _ = poisoned_testset({**COMMON, **saved}, meta, test, image_size)
+    poisoned_test, _, _ = poisoned_testset({**defaults(TARGET), **saved}, meta, test, image_size)
     device = resolve_device(device)
     torch.manual_seed(saved.get("seed", 0))  # random transforms: the same draws as the run's own evaluation
     return ba_asr(model.to(device), test, poisoned_test, batch_size, device)

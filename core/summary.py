@@ -1,4 +1,5 @@
-"""Tables of finished runs, read from their ``metrics.json`` and ``config.yaml`` (never typed by hand).
+"""Tables of finished runs, read from their ``metrics.json`` and ``config.yaml`` (never typed by hand); laid out
+by :mod:`core.tables`.
 
     python -m core.summary refine_res                      # every finished defense run below refine_res/
     python -m core.summary refine_res/CIFAR10/ResNet18/BadNets --latest
@@ -14,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 
 import yaml
+
+from .settings import flatten
+from .tables import NO_DEFENSE, TABLE1_DEFENSE, format_table, machine, percent, table1_rows, write_csv
 
 
 def find_runs(roots) -> list[Path]:
@@ -39,29 +42,20 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def machine(folder: Path) -> str:
-    """The machine a run trained on: recorded in its metrics.json, or (older runs) read from the first line of
-    its log.txt ("..., device cpu, ..."); "?" when neither says."""
-    recorded = _read_json(folder / "metrics.json").get("device")
-    if recorded:
-        return str(recorded)
+def read_config(folder: Path) -> dict:
+    """A run's config.yaml as one flat dict, whether it is nested by section or flat (older runs); {} without
+    one."""
+    path = Path(folder) / "config.yaml"
     try:
-        with open(folder / "log.txt") as fh:
-            first = fh.readline()
-    except OSError:
-        return "?"
-    match = re.search(r"device (\S+?),", first)
-    return match.group(1) if match else "?"
-
-
-def _pct(m: dict | None, key: str) -> str:
-    return "–" if not m or key not in m else f"{m[key]:.2f}"
+        return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        return {}
 
 
 def row(folder: Path) -> dict:
     """One table row for a finished run folder."""
     metrics = _read_json(folder / "metrics.json")
-    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    config = read_config(folder)
     attack = (metrics.get("attack") or {}).get("attack") or config.get("attack", "?")
     before = metrics.get("no_defense")
     after = metrics["final"]
@@ -74,76 +68,37 @@ def row(folder: Path) -> dict:
         "attack": attack,
         "preset": config.get("preset") or "custom",
         "data": "embedded sample" if "embedded" in data else "full",
-        "BA before": _pct(before, "BA") if before is not None else "",
-        "ASR before": _pct(before, "ASR") if before is not None else "",
-        "BA": _pct(after, "BA"),
-        "ASR": _pct(after, "ASR"),
+        "BA before": percent(before.get("BA")) if before is not None else "",
+        "ASR before": percent(before.get("ASR")) if before is not None else "",
+        "BA": percent(after.get("BA")),
+        "ASR": percent(after.get("ASR")),
         "min": "–" if minutes is None else f"{minutes / 60:.1f}",
         "machine": machine(folder),
     }
 
 
-def format_table(rows: list[dict], markdown: bool = False) -> str:
-    if not rows:
-        return "no finished runs found"
-    keys = [k for k in rows[0] if k != "run"] + (["run"] if "run" in rows[0] else [])
-    if markdown:
-        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
-    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
-    lines += ["  ".join(r[k].ljust(widths[k]) for k in keys) for r in rows]
-    return "\n".join(lines)
-
-
-# The paper's row order of Table 1.
-TABLE1_ATTACKS = ("BadNets", "Blended", "WaNet", "Physical", "BATT", "LC", "Adaptive")
-
-
-def _config(folder: Path) -> dict:
-    path = folder / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
-def table1_rows(roots, preset: str | None = None) -> list[dict]:
-    """One row per attack of :data:`TABLE1_ATTACKS` that has a finished attack run below ``roots`` (with
-    ``preset`` if given): its BA/ASR without defense, and those of the newest finished REFINE run that
-    defended that very model (its ``model_path`` lies in the attack run's folder); empty cells otherwise."""
+def table1_runs(roots, preset: str | None = None) -> tuple[list, dict]:
+    """The runs of the paper's Table 1 below ``roots`` (with ``preset`` if given), as core.tables takes them:
+    (``(attack, defense, metrics)`` triples, ``{(attack, column): metrics.json path}``). Per attack its newest
+    finished attack run, and the newest finished REFINE run that defended that very model (its ``model_path``
+    lies in the attack run's folder)."""
     attacks, defenses = {}, {}
     for folder in find_runs(roots):  # oldest first: later runs replace earlier ones
-        config, metrics = _config(folder), _read_json(folder / "metrics.json")
+        config, metrics = read_config(folder), _read_json(folder / "metrics.json")
         if preset and config.get("preset") != preset:
             continue
         if metrics.get("no_defense") is None:
             attacks[config.get("attack")] = folder
-        elif config.get("model_path") and config.get("defense", "REFINE") == "REFINE":  # older runs: no key
+        elif config.get("model_path") and config.get("defense", TABLE1_DEFENSE) == TABLE1_DEFENSE:  # older: no key
             defended = Path(config["model_path"]).parent
             defenses[(defended.parent.name, defended.name)] = folder  # (attack, attack run folder name)
-    rows = []
-    for name in TABLE1_ATTACKS:
-        if name not in attacks:
-            continue
-        folder = attacks[name]
-        before = _read_json(folder / "metrics.json")["final"]
-        defense = defenses.get((name, folder.name))
-        after = _read_json(defense / "metrics.json")["final"] if defense else None
-        drop = f"{before['BA'] - after['BA']:.2f}" if after else ""
-        machines = dict.fromkeys([machine(folder)] + ([machine(defense)] if defense else []))
-        rows.append({"attack": name, "no defense BA": _pct(before, "BA"), "no defense ASR": _pct(before, "ASR"),
-                     "REFINE BA": _pct(after, "BA") if after else "", "REFINE ASR": _pct(after, "ASR") if after else "",
-                     "BA drop": drop, "machine": " / ".join(machines), "attack run": os.path.relpath(folder / "metrics.json"),
-                     "REFINE run": os.path.relpath(defense / "metrics.json") if defense else ""})
-    return rows
-
-
-def write_csv(rows: list[dict], path) -> None:
-    import csv
-
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["attack"])
-        writer.writeheader()
-        writer.writerows(rows)
+    results, sources = [], {}
+    for name, folder in attacks.items():
+        for column, run in ((NO_DEFENSE, folder), (TABLE1_DEFENSE, defenses.get((name, folder.name)))):
+            if run is not None:
+                results.append((name, column, _read_json(run / "metrics.json")))
+                sources[(name, column)] = run / "metrics.json"
+    return results, sources
 
 
 def main(argv=None):
@@ -156,7 +111,7 @@ def main(argv=None):
     p.add_argument("--csv", help="--table1: also write the table to this CSV file")
     args = p.parse_args(argv)
     if args.table1:
-        rows = table1_rows(args.roots, args.preset)
+        rows = table1_rows(*table1_runs(args.roots, args.preset))
         if args.csv:
             write_csv(rows, args.csv)
         print(format_table(rows, args.markdown))

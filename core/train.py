@@ -1,7 +1,10 @@
 """Training machinery shared by the attacks (classifiers) and the defenses (input transforms):
-optimizer and learning-rate schedule from names, a resumable epoch state, and the classifier loop."""
+optimizer and learning-rate schedule from names, the resumable state of a run (:class:`EpochState`, and
+:class:`Stages` for runs made of several phases), frozen modules (:func:`frozen`), the one training loop
+(:func:`fit`) and the classifier's training on top of it."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -14,9 +17,45 @@ from tqdm import tqdm
 
 from .augment import AUGMENTATIONS
 from .checkpoint import atomic_save, safe_load
+from .checks import choice, int_list, number, integer
 from .data import Split, iterate_batches, memory_format
 from .errors import DivergedError, UserError
 from .seeding import generator
+from .settings import Setting
+
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+OPTIMIZERS = ("SGD", "Adam")
+
+
+def training_recipe(*, epochs: int, batch_size: int, lr: float, optimizer: str = "SGD", momentum: float = 0.9,
+                    weight_decay: float = 5e-4, schedule: str = "multistep", milestones=(100, 130),
+                    gamma: float = 0.1, augment: str = "flip") -> dict[str, Setting]:
+    """The settings of a training recipe (section ``train``), declared once for every loop that has one: the
+    classifier's (attack.py) and REFINE's, each with its own defaults (the paper's)."""
+    return {
+        "epochs": Setting(epochs, "training epochs", integer(1), "train", aliases=("--epoch",)),
+        "batch_size": Setting(batch_size, "training batch size", integer(1), "train", aliases=("--batch_size",)),
+        "lr": Setting(lr, "learning rate", number(0, lo_open=True), "train"),
+        "optimizer": Setting(optimizer, "optimizer", choice(OPTIMIZERS, casefold=True), "train",
+                             aliases=("--optim",)),
+        "momentum": Setting(momentum, "SGD momentum", number(0, 1, hi_open=True), "train"),
+        "weight_decay": Setting(weight_decay, "weight decay", number(0), "train"),
+        "schedule": Setting(schedule, "learning-rate schedule", choice(SCHEDULES), "train"),
+        "milestones": Setting(list(milestones), "epochs at which the multistep schedule multiplies the rate by "
+                                                "--gamma", int_list(0), "train"),
+        "gamma": Setting(gamma, "multistep factor", number(0, lo_open=True), "train", aliases=("--decay",)),
+        "augment": Setting(augment, "augmentation of the training batches (core/augment.py)",
+                           choice(AUGMENTATIONS), "train"),
+    }
+
+
+# The paper's training of backdoored models (Appendix C and the authors' code): SGD 0.1, momentum 0.9, wd 5e-4,
+# batch 128, 150 epochs, lr x0.1 at epochs 100 and 130, horizontal flips only (BackdoorBox adds random crops:
+# --augment crop_flip).
+CLASSIFIER_RECIPE = {
+    **training_recipe(epochs=150, batch_size=128, lr=0.1),
+    "label_smoothing": Setting(0.0, "label smoothing of the cross-entropy", number(0, 1), "train"),
+}
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -74,12 +113,25 @@ def set_lr(optimizer, base_lr: float, factor: float) -> None:
 class EpochState:
     """Resumable training state in one file, rewritten atomically at the end of every epoch.
 
-    ``fingerprint`` is the resolved config that must match for a resume: starting the same command
-    again continues; starting a different one in the same folder is refused instead of mixing runs.
+    ``modules``: name -> what the file holds, anything with ``state_dict()``/``load_state_dict()``: modules,
+    optimizers, :class:`RandomStream`, a small state object of the caller's. ``optimizer`` (optional) is saved
+    under a key of its own, as in the classifier's and REFINE's files. Besides them the file holds the number
+    of epochs done, the mean losses of the last one (what :func:`fit` returns when it resumes after the last
+    epoch) and, for a stage of :class:`Stages`, whether it is finished and its value. ``fingerprint`` is the
+    resolved config that must match for a resume: starting the same command again continues; starting a
+    different one in the same folder is refused instead of mixing runs.
+
+    ``scratch``: names of parts that only serve to resume the run mid-way (a stage's own optimizer or random
+    streams): the save of the last epoch leaves them out. ``on_finish()`` runs after that save.
     """
 
-    def __init__(self, path, modules: dict[str, nn.Module], optimizer, fingerprint: dict):
-        self.path, self.modules, self.optimizer, self.fingerprint = Path(path), modules, optimizer, fingerprint
+    def __init__(self, path, modules: dict, optimizer=None, fingerprint: dict | None = None, *,
+                 scratch: tuple[str, ...] = (), on_finish: Callable[[], None] | None = None):
+        self.path, self.modules, self.optimizer = Path(path), dict(modules), optimizer
+        self.fingerprint = fingerprint if fingerprint is not None else {}
+        self.scratch, self.on_finish = tuple(scratch), on_finish
+        self.means: dict[str, float] = {}  # of the last epoch saved or loaded
+        self.value = None  # a finished stage's value (Stages.once)
 
     @staticmethod
     def read(path, fingerprint: dict) -> dict | None:
@@ -100,18 +152,114 @@ class EpochState:
         return blob
 
     def load(self) -> int:
-        """Restores the saved state if any; returns the number of epochs already done (0 for a new run)."""
+        """Restores the saved state if any; returns the number of epochs already done (0 for a new run).
+
+        A finished stage's file may lack parts (its scratch parts, and those a later stage superseded: see
+        :class:`Stages`); they are left as they are."""
         blob = self.read(self.path, self.fingerprint)
         if blob is None:
             return 0
-        for name, module in self.modules.items():
-            module.load_state_dict(blob["modules"][name])
-        self.optimizer.load_state_dict(blob["optimizer"])
+        saved = blob.get("modules", {})
+        for name, part in self.modules.items():
+            if name in saved:
+                part.load_state_dict(saved[name])
+            elif not blob.get("finished"):
+                raise UserError(f"{self.path} holds no state of {name!r}: it was not saved by this version of the "
+                                f"toolkit; use --fresh to start over")
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(blob["optimizer"])
+        self.means, self.value = dict(blob.get("means") or {}), blob.get("value")
         return int(blob["epoch"])
 
-    def save(self, epoch: int) -> None:
-        atomic_save({"epoch": epoch, "fingerprint": self.fingerprint, "optimizer": self.optimizer.state_dict(),
-                     "modules": {n: m.state_dict() for n, m in self.modules.items()}}, self.path)
+    def save(self, epoch: int, means: dict | None = None, finished: bool = False, value=None) -> None:
+        """Writes the state after ``epoch`` epochs; ``finished``: the last one (scratch parts are left out)."""
+        self.means = dict(means or {})
+        blob = {"epoch": epoch, "fingerprint": self.fingerprint, "means": self.means, "finished": finished,
+                "modules": {n: m.state_dict() for n, m in self.modules.items()
+                            if not (finished and n in self.scratch)}}
+        if self.optimizer is not None:
+            blob["optimizer"] = self.optimizer.state_dict()
+        if value is not None:
+            blob["value"] = value
+        atomic_save(blob, self.path)
+        if finished and self.on_finish is not None:
+            self.on_finish()
+
+
+class RandomStream:
+    """A ``torch.Generator`` as a part of an :class:`EpochState`: a stream that a phase draws from across its
+    epochs continues after a resume where it stopped."""
+
+    def __init__(self, gen: torch.Generator):
+        self.generator = gen
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+class Stages:
+    """The resumable state of a run made of named stages run in a fixed order (BTI-DBF's ``round2/mask``,
+    Neural Cleanse's ``triggers/classes0-3``): one :class:`EpochState` file per stage in ``folder``
+    (``folder/round2/mask.pth``), saved at the end of every epoch of the stage by :func:`fit`.
+
+    A resumed run runs its code again from the start, and every stage takes up its own file: a finished
+    stage runs no epoch and restores what it saved as it finished (:func:`fit` returns its last means,
+    :meth:`once` its value); an unfinished one continues after its last saved epoch; later ones start afresh.
+    The rule for a stage's code: everything it changes that is read later - modules, optimizers, random
+    streams that continue (:class:`RandomStream`), state objects - is one of its parts (:meth:`state`), or
+    its value (:meth:`once`). Then each stage starts from exactly the state it had in an uninterrupted run.
+
+    Parts named in ``scratch`` only serve to resume the stage itself (its own optimizer, its own random
+    streams) and are dropped from its file when it finishes. When a stage finishes, the parts of earlier
+    stages that are the same objects as its own (the generator trained again by the next round) are dropped
+    from their files: its state supersedes them, so the folder holds about one copy of each part.
+    ``folder`` None: nothing is saved or restored (:meth:`state` returns None; every stage runs).
+    """
+
+    def __init__(self, folder=None, fingerprint: dict | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        self.fingerprint = fingerprint if fingerprint is not None else {}
+        self._parts: dict[str, dict] = {}  # stage -> its parts, in the order the stages ran in this process
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.pth"
+
+    def state(self, name: str, parts: dict, scratch: tuple[str, ...] = ()) -> EpochState | None:
+        """The :class:`EpochState` of stage ``name`` for :func:`fit` (None without a folder)."""
+        if self.folder is None:
+            return None
+        self._parts[name] = dict(parts)
+        return EpochState(self.path(name), parts, None, self.fingerprint, scratch=scratch,
+                          on_finish=lambda: self._supersede(name))
+
+    def once(self, name: str, compute: Callable[[], object], parts: dict | None = None):
+        """A stage without epochs: returns ``compute()``, saved with ``parts`` as they are afterwards; once the
+        stage is saved, returns its saved value and restores ``parts`` instead of computing again. The value
+        must load with ``weights_only`` (numbers, strings, tensors, lists, tuples, dicts)."""
+        state = self.state(name, parts or {})
+        if state is None:
+            return compute()
+        if state.load():
+            return state.value
+        value = compute()
+        state.save(1, finished=True, value=value)
+        return value
+
+    def _supersede(self, name: str) -> None:
+        mine = {id(part) for part in self._parts[name].values()}
+        for earlier, parts in self._parts.items():
+            if earlier == name:
+                break
+            stale = [n for n, part in parts.items() if id(part) in mine]
+            path = self.path(earlier)
+            if stale and path.is_file():
+                blob = safe_load(path)
+                if blob.get("finished") and any(n in blob.get("modules", {}) for n in stale):
+                    blob["modules"] = {n: s for n, s in blob["modules"].items() if n not in stale}
+                    atomic_save(blob, path)
 
 
 class LossGuard:
@@ -182,6 +330,39 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Context: ``modules`` in eval mode with ``requires_grad`` off; every submodule's mode and every
+    parameter's flag are restored on exit, also when the block raises. A frozen module's weights get no
+    gradient and its BatchNorm layers read, and never update, their running statistics; gradients still
+    flow through it to its input."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    flags = [(p, p.requires_grad) for module in modules for p in module.parameters()]
+    try:
+        for module in modules:
+            module.eval().requires_grad_(False)
+        yield
+    finally:
+        for p, flag in reversed(flags):
+            p.requires_grad_(flag)
+        for m, mode in reversed(modes):
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _modes_kept(*modules: nn.Module):
+    """Context: every submodule's train/eval mode as it was on entry, restored on exit (also on an exception)."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in reversed(modes):
+            m.training = mode
+
+
+_frozen = frozen  # fit's parameter ``frozen`` hides the function inside fit
+
+
 class EpochStreams:
     """The random streams of one epoch, by name: ``streams("augment")`` is a generator seeded from (seed,
     prefix + name, epoch), on ``device`` except for "shuffle" (the batch order is drawn on the CPU). Each
@@ -211,38 +392,50 @@ def fit(
     seed: int = 0,
     streams: str = "",
     trainable: tuple[str, ...] = (),
+    frozen: tuple[nn.Module, ...] = (),
     prepare: Callable | None = None,
     extra: torch.Tensor | None = None,
     lr: float | None = None,
     lr_at: Callable[[float], float] | None = None,
+    amp: bool = False,
     compile: bool = False,
     state: EpochState | None = None,
     evaluate: Callable[[int], dict] | None = None,
     eval_every: int = 1,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] = print,
     desc: str = "epoch",
     hint: str = "lower the learning rate (--lr)",
     guard_every: int = 20,
     log_epochs: bool = True,
 ) -> dict[str, float]:
-    """The one training loop of the toolkit (attack training, REFINE, the baseline defenses).
+    """The one training loop of the toolkit (attack training, REFINE, BTI-DBF, Neural Cleanse, the baselines).
 
     Per step: ``x = prepare(x, y, extra_batch, streams)`` (augmentation, an attack's hook: outside any compiled
-    graph), then ``loss, parts = loss_fn(x, y, mods)`` (the forward pass; ``mods`` is ``modules`` or their
-    compiled versions), backward, ``optimizer.step()``. ``images``: uint8 or float N×C×H×W and ``labels`` N
+    graph), then ``loss, parts = loss_fn(x, y, mods)`` (the forward pass, under bf16 autocast on CUDA when
+    ``amp``: loss functions do not call autocast themselves; ``mods`` is ``modules`` or their compiled
+    versions), backward, ``optimizer.step()``. ``images``: uint8 or float N×C×H×W and ``labels`` N
     (pseudo-labels, -1 placeholders, anything the loss reads) are batched on ``device`` in a seeded shuffle.
 
     ``trainable``: the names in ``modules`` put in training mode every epoch; the others stay in eval mode
-    (frozen BatchNorm). ``lr``/``lr_at``: base learning rate and its multiplier at ``epoch + fraction`` (see
-    :func:`lr_factor`); without them the optimizer's rate is left alone. ``streams``: prefix of the per-epoch
-    random streams (:class:`EpochStreams`). ``compile``: full batches through ``torch.compile`` (the last,
-    smaller batch eagerly; eager again where compilation fails). ``state``: resumable :class:`EpochState`
-    (saved after every epoch, after ``evaluate``). ``evaluate(epoch)`` runs every ``eval_every`` epochs and
-    after the last. A non-finite loss raises :class:`DivergedError` (:class:`LossGuard`) before the epoch
-    is logged, evaluated or saved. Returns the mean loss and parts of the last epoch run.
+    (frozen BatchNorm). ``frozen``: modules the loss reads but does not train, held in :func:`frozen` (eval
+    mode, no weight gradients) for the whole call. Every module's mode (and the frozen ones' ``requires_grad``
+    flags) is restored when fit returns or raises. ``lr``/``lr_at``: base learning rate and its multiplier at
+    ``epoch + fraction`` (see :func:`lr_factor`); without them the optimizer's rate is left alone.
+    ``streams``: prefix of the per-epoch random streams (:class:`EpochStreams`). ``compile``: full batches
+    through ``torch.compile`` (the last, smaller batch eagerly; eager again where compilation fails).
+    ``state``: resumable :class:`EpochState` (saved after every epoch, after ``on_epoch_end`` and
+    ``evaluate``); when it holds every epoch already, nothing runs and its saved means are returned.
+    ``on_epoch_end(epochs_done, means)`` runs after every epoch (a schedule that follows the losses; what it
+    changes must be in ``state``); ``evaluate(epochs_done)`` every ``eval_every`` epochs and after the last.
+    A non-finite loss raises :class:`DivergedError` (:class:`LossGuard`) before the epoch is logged,
+    evaluated or saved. Returns the mean loss and parts of the last epoch.
     """
     device = torch.device(device)
     start = state.load() if state else 0
+    if start and start >= epochs:
+        log(f"{desc}: its {epochs} epochs were done before ({state.path}); nothing to run")
+        return dict(state.means)
     if start:
         log(f"resuming {desc} from the end of epoch {start}/{epochs} ({state.path})")
     images, labels = images.to(device), labels.to(device)
@@ -252,48 +445,54 @@ def fit(
     fast = {k: torch.compile(m) for k, m in modules.items()} if compile else modules
 
     def backward(mods, x, y):
-        loss, parts = loss_fn(x, y, mods)
+        with autocast(device, amp):
+            loss, parts = loss_fn(x, y, mods)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss, parts
 
     means: dict[str, float] = {}
-    for epoch in range(start, epochs):
-        for name, module in modules.items():
-            module.train(name in trainable)
-        guard.start_epoch(epoch, device)
-        rng = EpochStreams(seed, streams, epoch, device)
-        sums: dict[str, torch.Tensor] = {}
-        seen, t0 = 0, time.time()
-        bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=rng("shuffle"),
-                                   extra=extra),
-                   total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
-        for step, (x, y, *rest) in enumerate(bar):
-            if lr_at is not None:
-                set_lr(optimizer, lr, lr_at(epoch + step / steps))
-            if prepare is not None:
-                x = prepare(x, y, rest[0] if rest else None, rng)
-            if fast is not modules and len(x) == batch_size:
-                (loss, parts), fast = try_compiled(lambda mods: backward(mods, x, y), fast, modules, log)
-            else:
-                loss, parts = backward(modules, x, y)
-            optimizer.step()
-            guard.update(loss, step)
-            seen += len(x)
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0) + v.detach().float() * len(x)
-            if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-        guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
-        means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
-        if log_epochs:
-            log(f"{desc} {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-                + f", {seen / (time.time() - t0):.0f} img/s, lr {optimizer.param_groups[0]['lr']:.5f}")
-        # evaluate before saving: an interruption in between repeats the epoch rather than skipping its evaluation
-        if evaluate and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            evaluate(epoch + 1)
-        if state:
-            state.save(epoch + 1)
+    with _modes_kept(*modules.values()), _frozen(*frozen):
+        for epoch in range(start, epochs):
+            for name, module in modules.items():
+                module.train(name in trainable)
+            guard.start_epoch(epoch, device)
+            rng = EpochStreams(seed, streams, epoch, device)
+            sums: dict[str, torch.Tensor] = {}
+            seen, t0 = 0, time.time()
+            bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=rng("shuffle"),
+                                       extra=extra),
+                       total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
+                       disable=None)
+            for step, (x, y, *rest) in enumerate(bar):
+                if lr_at is not None:
+                    set_lr(optimizer, lr, lr_at(epoch + step / steps))
+                if prepare is not None:
+                    x = prepare(x, y, rest[0] if rest else None, rng)
+                if fast is not modules and len(x) == batch_size:
+                    (loss, parts), fast = try_compiled(lambda mods: backward(mods, x, y), fast, modules, log)
+                else:
+                    loss, parts = backward(modules, x, y)
+                optimizer.step()
+                guard.update(loss, step)
+                seen += len(x)
+                for k, v in {"loss": loss, **parts}.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float() * len(x)
+                if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
+                    bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+            guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
+            means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
+            if log_epochs:
+                log(f"{desc} {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+                    + f", {seen / (time.time() - t0):.0f} img/s, lr {optimizer.param_groups[0]['lr']:.5f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, means)
+            # evaluate before saving: an interruption in between repeats the epoch rather than skipping its
+            # evaluation
+            if evaluate and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                evaluate(epoch + 1)
+            if state:
+                state.save(epoch + 1, means, finished=epoch + 1 == epochs)
     return means
 
 
@@ -350,13 +549,12 @@ def train_classifier(
         return augment_fn(x, generator=rng("augment")).contiguous(memory_format=layout)
 
     def loss_fn(x, y, mods):
-        with autocast(device, amp):
-            logits = mods["model"](x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        logits = mods["model"](x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         return loss, {"train_acc": (logits.argmax(1) == y).float().mean().detach()}
 
     fit(loss_fn, {"model": model}, train.images, train.labels, optimizer=opt, epochs=epochs, batch_size=batch_size,
-        device=device, seed=seed, trainable=("model",), prepare=prepare,
+        device=device, seed=seed, trainable=("model",), prepare=prepare, amp=amp,
         extra=roles if batch_hook is not None else None, lr=lr,
         lr_at=lambda progress: lr_factor(schedule, progress, epochs, milestones, gamma), compile=compile,
         state=EpochState(state_path, {"model": model}, opt, fingerprint or {}) if state_path else None,

@@ -1,4 +1,4 @@
-"""compare.py: the table builder (no training) and a tiny end-to-end comparison on synthetic data."""
+"""compare.py: the table builder (core.tables, no training) and a tiny end-to-end comparison on synthetic data."""
 import json
 from pathlib import Path
 
@@ -8,9 +8,9 @@ import yaml
 import compare
 import core.compare
 from conftest import write_tree
-from core.compare import NO_DEFENSE, load_csv, markdown, table_rows, write_tables
 from core.errors import UserError
 from core.runlog import read_latest
+from core.tables import NO_DEFENSE, detection_rows, load_csv, markdown, table_rows, write_tables
 
 
 def _final(ba, asr, total=1000):
@@ -57,6 +57,25 @@ def test_table_marks_failed_defenses_and_missing_cells(tmp_path):
     found = load_csv(detection)
     assert [(r["attack"], r["defense"], r["true target"], r["detected target"], r["correct"]) for r in found] == [
         ("BadNets", "NC", 0, 0, True), ("Blended", "NC", 3, 5, False)]
+
+
+def test_a_defense_that_detects_gets_detection_rows_without_being_listed(monkeypatch):
+    """Whether a column has a detection table comes from its class (``detects_target``), not from a list of
+    names: a registered defense that says so gets its rows even with no finished run (a missing cell), one
+    that does not gets none; a label that is no registered defense (a swept column) detects when its metrics
+    hold a detected target."""
+    from core.defenses import DEFENSES, defense_class
+
+    results = [("BadNets", None, {"final": _final(90.0, 100.0), "attack": {"y_target": 0}}),
+               ("BadNets", "ShrinkPad", None), ("BadNets", "FT", _defense_run(85.0, 1.0)),
+               ("BadNets", "NC pad=1", _defense_run(85.0, 1.0, {"target": 0}))]
+    assert [r["defense"] for r in detection_rows(results)] == ["NC pad=1"]
+    assert not defense_class("ShrinkPad").detects_target
+    monkeypatch.setattr(DEFENSES["ShrinkPad"], "detects_target", True)
+    rows = detection_rows(results)
+    assert [(r["defense"], r["true target"], r["detected target"], r["correct"]) for r in rows] == [
+        ("ShrinkPad", 0, None, None), ("NC pad=1", 0, 0, True)]
+    assert "| BadNets | ShrinkPad | 0 | — | — | — |" in markdown(results)
 
 
 def test_unknown_names_are_refused_before_anything_runs(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@ import json
 
 import yaml
 
-from core.summary import find_runs, format_table, row
+from core.summary import find_runs, row, table1_runs
+from core.tables import NO_DEFENSE, format_table, machine, markdown, table1_rows, table_rows
 
 
 def fake_run(folder, final, no_defense=None, kind="embedded sample"):
@@ -33,8 +34,6 @@ def test_rows_come_from_metrics_and_unfinished_runs_are_skipped(tmp_path):
 
 
 def test_table1_pairs_each_attack_run_with_refine_only(tmp_path):
-    from core.summary import table1_rows
-
     def run(folder, final, config, no_defense=None):
         folder.mkdir(parents=True)
         metrics = {"final": final, **({"no_defense": no_defense} if no_defense else {})}
@@ -48,13 +47,11 @@ def test_table1_pairs_each_attack_run_with_refine_only(tmp_path):
         no_defense={"BA": 81.6, "ASR": 99.98})  # a REFINE run of an earlier version: no `defense` key
     run(tmp_path / "refine_res" / "z_ft", {"BA": 79.62, "ASR": 82.64},
         {"attack": "BadNets", "model_path": model, "defense": "FT"}, no_defense={"BA": 81.6, "ASR": 99.98})
-    [row] = table1_rows([tmp_path / "attack", tmp_path / "refine_res"], preset="mini")
+    [row] = table1_rows(*table1_runs([tmp_path / "attack", tmp_path / "refine_res"], preset="mini"))
     assert (row["REFINE BA"], row["REFINE ASR"], row["BA drop"]) == ("74.22", "2.86", "7.38")
 
 
 def test_machine_comes_from_metrics_or_from_an_older_runs_log(tmp_path):
-    from core.summary import machine, table1_rows
-
     attack_run = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "LC" / "mini_seed0_a"
     fake_run(attack_run, {"BA": 84.5, "ASR": 90.8})
     (attack_run / "config.yaml").write_text(yaml.safe_dump({"preset": "mini", "attack": "LC"}))
@@ -68,5 +65,30 @@ def test_machine_comes_from_metrics_or_from_an_older_runs_log(tmp_path):
         {"preset": "mini", "attack": "LC", "model_path": str(attack_run / "model.pth")}))
     assert machine(attack_run) == "cuda" and machine(defense_run) == "cpu (2 threads)"
     assert machine(tmp_path) == "?"
-    [table_row] = table1_rows([tmp_path], preset="mini")
+    [table_row] = table1_rows(*table1_runs([tmp_path], preset="mini"))
     assert table_row["machine"] == "cuda / cpu (2 threads)"
+
+
+def test_table1_is_the_comparison_with_the_refine_column(tmp_path):
+    """Table 1 and compare.py's table come from the same cells: the REFINE column of a comparison of the same
+    runs (with other defenses beside it) holds Table 1's numbers."""
+    attack_run = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "WaNet" / "mini_seed0_a"
+    fake_run(attack_run, {"BA": 81.71, "ASR": 99.69})
+    (attack_run / "config.yaml").write_text(yaml.safe_dump({"preset": "mini", "attack": "WaNet"}))
+    refine_run = tmp_path / "refine_res" / "r"
+    fake_run(refine_run, {"BA": 74.47, "ASR": 3.031}, no_defense={"BA": 81.71, "ASR": 99.69})
+    (refine_run / "config.yaml").write_text(yaml.safe_dump(  # this version's config.yaml: nested by section
+        {"run": {"preset": "mini", "model_path": str(attack_run / "model.pth")},
+         "method": {"attack": "WaNet", "defense": "REFINE"}}))
+    results, sources = table1_runs([tmp_path], preset="mini")
+    [t1] = table1_rows(results, sources)
+    assert t1["REFINE run"].endswith("r/metrics.json"), "the nested config.yaml paired the REFINE run"
+    ft = ("WaNet", "FT", {"final": {"BA": 80.0, "ASR": 50.0}, "no_defense": {"BA": 81.71, "ASR": 99.69}})
+    comparison = results + [ft]
+    [cells] = table_rows(comparison, defenses=["FT", "REFINE"])
+    for column, name in ((NO_DEFENSE, "no defense"), ("REFINE", "REFINE")):
+        for metric in ("BA", "ASR"):
+            assert t1[f"{name} {metric}"] == f"{cells[f'{column} {metric}']:.2f}"
+    assert (t1["REFINE BA"], t1["REFINE ASR"], t1["BA drop"]) == ("74.47", "3.03", "7.24")
+    line = next(l for l in markdown(comparison, defenses=["FT", "REFINE"]).splitlines() if l.startswith("| WaNet"))
+    assert line.endswith("| 81.71 | 99.69 | 80.00 | 50.00 ✗ | 74.47 | 3.03 |")

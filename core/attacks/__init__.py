@@ -1,40 +1,39 @@
-"""Attack registry: the names accepted by ``attack.py --attack`` and ``refine.py --attack`` (and aliases)."""
+"""The attacks: one file each, registered by ``@register_attack`` (see :mod:`core.attacks.base`).
+
+Every module of this package is imported here, so a new attack is one new file and nothing else.
+:data:`ATTACKS` is the registry (name -> class, in the paper's order); ``attack.py --attack NAME`` and
+``refine.py --attack NAME`` take a name or an alias.
+"""
 from __future__ import annotations
 
-from ..errors import UserError
-from .adaptive import AdaptivePatch
-from .badnets import BadNets
-from .base import Attack, PoisonPlan, Setting
-from .batt import BATT
-from .benign import Benign
-from .blended import Blended
-from .label_consistent import LabelConsistent
-from .physical import PhysicalBA
-from .wanet import WaNet
+from ..registry import import_all
+from .base import ATTACKS, POISONING, Attack, PoisonPlan, register_attack
 
-ATTACKS = {cls.name: cls for cls in (Benign, BadNets, Blended, WaNet, PhysicalBA, BATT, LabelConsistent,
-                                     AdaptivePatch)}
-ALIASES = {alias: cls.name for cls in ATTACKS.values() for alias in cls.aliases}
+import_all(__name__, __path__)
+
+from .adaptive import AdaptivePatch  # noqa: E402  (the classes, for ``core.BadNets(...)`` in Python)
+from .badnets import BadNets  # noqa: E402
+from .batt import BATT  # noqa: E402
+from .benign import Benign  # noqa: E402
+from .blended import Blended  # noqa: E402
+from .label_consistent import LabelConsistent  # noqa: E402
+from .physical import PhysicalBA  # noqa: E402
+from .wanet import WaNet  # noqa: E402
 
 
 def canonical_name(name) -> str | None:
     """The registry name of an attack name or alias (``PhysicalBA`` -> ``Physical``); None if unknown."""
-    if name in ATTACKS:
-        return name
-    return ALIASES.get(name)
+    return ATTACKS.canonical(name)
 
 
 def attack_class(name: str) -> type[Attack]:
     """The attack class of a name or alias; unknown names raise a UserError listing the known ones."""
-    canonical = canonical_name(name)
-    if canonical is None:
-        raise UserError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    return ATTACKS[canonical]
+    return ATTACKS.get(name)
 
 
-def all_settings() -> dict[str, tuple[Setting, list[str]]]:
+def all_settings() -> dict:
     """Every per-attack setting: key -> (its Setting, the attacks that declare it)."""
-    found: dict[str, tuple[Setting, list[str]]] = {}
+    found: dict = {}
     for cls in ATTACKS.values():
         for key, setting in cls.settings.items():
             found.setdefault(key, (setting, []))[1].append(cls.name)
@@ -59,6 +58,6 @@ def restore_attack(config: dict, tensors: dict | None, **kwargs) -> Attack:
     return cls(**args)
 
 
-__all__ = ["ALIASES", "ATTACKS", "AdaptivePatch", "Attack", "BATT", "BadNets", "Benign", "Blended",
-           "LabelConsistent", "PhysicalBA", "PoisonPlan", "Setting", "WaNet", "attack_class", "all_settings",
-           "build_attack", "canonical_name", "restore_attack"]
+__all__ = ["ATTACKS", "AdaptivePatch", "Attack", "BATT", "BadNets", "Benign", "Blended", "LabelConsistent",
+           "POISONING", "PhysicalBA", "PoisonPlan", "WaNet", "all_settings", "attack_class", "build_attack",
+           "canonical_name", "register_attack", "restore_attack"]

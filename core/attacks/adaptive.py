@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checks import existing_folder, number, number_list
 from ..errors import UserError
 from ..seeding import generator
-from ..validate import existing_folder, number, number_list
-from .base import Attack, Setting, load_trigger_image
+from ..settings import Setting
+from .base import Attack, load_trigger_image, register_attack
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -42,7 +43,9 @@ def upsampled(pattern: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(pattern[None], size=size, mode="nearest")[0]
 
 
+@register_attack
 class AdaptivePatch(Attack):
+    order = 7
     name = "Adaptive"
     aliases = ("AdaptivePatch",)
     default_poisoned_rate = 0.01

@@ -9,10 +9,12 @@ from __future__ import annotations
 import torch
 
 from ..seeding import generator
-from .base import Attack, load_trigger_image
+from .base import Attack, load_trigger_image, register_attack
 
 
+@register_attack
 class BadNets(Attack):
+    order = 1
     name = "BadNets"
     takes_trigger_file = True
     trigger_names = ("pattern", "weight")

@@ -1,8 +1,10 @@
 """What every poisoning attack shares. A concrete attack is one small file that declares its settings and
 defines its trigger; the base does the rest:
 
-* **settings** - per-attack options declared as :class:`Setting` objects in ``settings``; ``attack.py``
-  generates its flags from them, ``core.validate`` checks them, the run's config records them;
+* **registration** - ``@register_attack`` on the class; a new attack is one file in core/attacks/ (the
+  package imports every module), and attack.py, the jobs and the tables find it in :data:`ATTACKS`;
+* **settings** - per-attack options declared as :class:`core.settings.Setting` objects in ``settings``;
+  ``attack.py`` generates its flags from them, the job checks them, the run's config records them;
 * **trigger** - built from the seed (or files) by :meth:`Attack.build_trigger`, kept as the tensors named in
   ``trigger_names``, saved inside ``model.pth`` so that a defense rebuilds the poisoned test set from the
   saved tensors (:func:`core.attacks.restore_attack`), never by re-deriving them from the seed;
@@ -20,31 +22,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..checks import existing_file, integer, number, text
 from ..data import Split, to_float
 from ..errors import UserError
+from ..registry import Registry
 from ..seeding import generator
+from ..settings import Setting
 
 # Roles of the training samples, as passed to Attack.train_hook.
 CLEAN, PAYLOAD, COVER = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One per-attack option: its default, a one-line help, and the rule that checks it (core.validate.Check).
+ATTACKS = Registry("attack")
+register_attack = ATTACKS.register  # the decorator every attack class wears
 
-    The flag is ``--<key with dashes>``; the key is also the option's name in presets, --config files and
-    the run's config.yaml.
-    """
-
-    default: Any
-    help: str
-    check: Any = None  # a core.validate.Check; None: any value of the default's type
-    kind: Any = None  # how the command line parses it; None: from the default's type (see core.cli.add_settings)
+# The attack job's settings that every attack has (each attack adds its own: ``Attack.settings``).
+POISONING = {
+    "attack": Setting("BadNets", "the attack (Benign: a clean model); a name or alias of the registry", text(),
+                      "method"),
+    "y_target": Setting(0, "target label of the backdoor", integer(0), "method", aliases=("--tlabel",)),
+    "poisoned_rate": Setting(None, "share of the training set poisoned (default: the attack's own: 10 %; LC 25 % "
+                                   "of the target class; Adaptive 1 %)", number(0, 1, optional=True), "method",
+                             aliases=("--poisoned_rate",)),
+    "trigger": Setting(None, "trigger file (.pth tensor, or an image) for attacks that take one", existing_file(),
+                       "method"),
+}
 
 
 @dataclass
@@ -76,6 +82,12 @@ class Attack:
 
     name = "Attack"
     aliases: tuple[str, ...] = ()
+    order = 100  # place in listings and tables (the paper's order)
+    version = 1  # bumped whenever what the attack computes changes: runs of another version are not reused
+    # A clean-label attack may need a model trained without a backdoor (LC: PGD against it): the registry name
+    # of the attack whose latest run provides it, and the setting that names such a model file instead.
+    reference_attack: str | None = None
+    reference_setting: str | None = None
     poisons_data = True
     default_poisoned_rate = 0.1
     takes_trigger_file = False  # --trigger FILE means something to this attack
@@ -125,6 +137,10 @@ class Attack:
 
     has_train_hook = False  # set by attacks that define train_hook, so that the loop can skip the call
     cover_in_hook = False  # cover samples are triggered per batch by train_hook instead of once in memory
+
+    def use_reference(self, model, cache_dir, device) -> None:
+        """Receives the model of ``reference_attack`` (loaded weights-only), a folder for cached work and the
+        device, before the training set is poisoned. Only attacks that declare ``reference_attack`` get it."""
 
     def prepare_poisoned(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """uint8 training images about to get the trigger (indices into the training set), before it is applied.

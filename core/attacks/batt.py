@@ -6,11 +6,14 @@ from __future__ import annotations
 import torch
 
 from ..augment import affine, uniform
-from ..validate import number
-from .base import CLEAN, Attack, Setting
+from ..checks import number
+from ..settings import Setting
+from .base import CLEAN, Attack, register_attack
 
 
+@register_attack
 class BATT(Attack):
+    order = 5
     name = "BATT"
     settings = {
         "batt_angle": Setting(16.0, "BATT: rotation of the trigger, degrees counter-clockwise", number(-180, 180)),

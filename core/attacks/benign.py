@@ -1,10 +1,12 @@
 """No attack: the same training pipeline on clean data (the paper's benign reference models)."""
 from __future__ import annotations
 
-from .base import Attack
+from .base import Attack, register_attack
 
 
+@register_attack
 class Benign(Attack):
+    order = 0
     name = "Benign"
     poisons_data = False
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import torch
 
 from ..seeding import generator
-from ..validate import number
-from .base import Attack, Setting, load_trigger_image
+from ..checks import number
+from ..settings import Setting
+from .base import Attack, load_trigger_image, register_attack
 
 
+@register_attack
 class Blended(Attack):
+    order = 2
     name = "Blended"
     takes_trigger_file = True
     settings = {"alpha": Setting(0.1, "Blended: blend ratio of the trigger picture", number(0, 1, lo_open=True))}

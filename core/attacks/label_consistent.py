@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checks import existing_file, integer, number
 from ..data import to_float
 from ..errors import UserError
-from ..validate import existing_file, integer, number
+from ..settings import Setting
 from .badnets import BadNets
-from .base import Setting
+from .base import register_attack
 
 
 def pgd_hard_to_learn(model, images: torch.Tensor, labels: torch.Tensor, eps: float, step: float, steps: int,
@@ -53,7 +54,9 @@ def pgd_hard_to_learn(model, images: torch.Tensor, labels: torch.Tensor, eps: fl
     return out
 
 
+@register_attack
 class LabelConsistent(BadNets):
+    order = 6
     name = "LC"
     aliases = ("LabelConsistent",)
     default_poisoned_rate = 0.25

@@ -13,6 +13,7 @@ import torch
 
 from ..augment import affine, uniform
 from .badnets import BadNets
+from .base import register_attack
 
 
 def physical_transform(x: torch.Tensor, generator=None) -> torch.Tensor:
@@ -26,7 +27,9 @@ def physical_transform(x: torch.Tensor, generator=None) -> torch.Tensor:
     return affine(x, uniform(n, -10, 10, x, generator), uniform(n, 0.8, 0.9, x, generator), shift).clamp(0, 1)
 
 
+@register_attack
 class PhysicalBA(BadNets):
+    order = 4
     name = "Physical"
     aliases = ("PhysicalBA",)
     has_train_hook = True

@@ -13,16 +13,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import boolean, integer, number
 from ..seeding import generator
-from ..validate import boolean, integer, number
-from .base import COVER, Attack, Setting
+from ..settings import Setting
+from .base import COVER, Attack, register_attack
 
 
+@register_attack
 class WaNet(Attack):
+    order = 3
     name = "WaNet"
     settings = {
         "wanet_k": Setting(None, "WaNet: side of the random control grid (default: the image size, as the REFINE "
-                                 "authors' code; WaNet's own code uses 4)", integer(2, optional=True), kind=int),
+                                 "authors' code; WaNet's own code uses 4)", integer(2, optional=True)),
         "wanet_s": Setting(0.5, "WaNet: warping strength s", number(0)),
         "wanet_noise": Setting(False, "WaNet: noise mode (cover samples warped with extra random noise, label kept)",
                                boolean()),

@@ -2,40 +2,31 @@
 a :class:`core.defenses.parts.DeployedModel` of input transform, classifier and output map).
 
 REFINE is the paper's method (``refine.py``); the baselines are BTI-DBF (U and P), Neural Cleanse with input
-purification, ShrinkPad, T-MR and fine-tuning (alone and followed by REFINE). ``defend.py --defense NAME`` runs
-any of them; :data:`DEFENSES` is the one registry of names.
+purification, ShrinkPad, T-MR and fine-tuning (alone and followed by REFINE). Each is one file whose class
+wears ``@register_defense``; every module of this package is imported here, so a new defense is one new
+file. ``defend.py --defense NAME`` runs any of them; :data:`DEFENSES` is the registry.
 """
-from .base import Defense, FitContext, frozen_copy
-from .bti_dbf import BTIDBFPurify, BTIDBFUnlearn
-from .finetune import FineTuning, FineTuningRefine
-from .neural_cleanse import NeuralCleanseDefense
-from .parts import DeployedModel, Purifier, UniversalPerturbation, load_deployed, save_deployed
-from .refine import REFINE, RefineDefense
-from .remap import LabelRemap, random_derangement
-from .shrinkpad import ShrinkPad, ShrinkPadDefense
-from .tmr import TMR
-from ..errors import UserError
+from ..registry import import_all
+from .base import DEFENSES, Defense, FitContext, frozen_copy, register_defense
 
-DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (
-    RefineDefense, BTIDBFPurify, BTIDBFUnlearn, NeuralCleanseDefense, ShrinkPadDefense, TMR, FineTuning,
-    FineTuningRefine)}
-# other spellings users type (the paper's, BackdoorBox's)
-DEFENSE_ALIASES = {"BTI-DBF(P)": "BTI-DBF-P", "BTI-DBF(U)": "BTI-DBF-U", "NeuralCleanse": "NC", "TMR": "T-MR",
-                   "FT-REFINE": "FT+REFINE", "SP": "ShrinkPad"}
+import_all(__name__, __path__)
+
+from .bti_dbf import BTIDBFPurify, BTIDBFUnlearn  # noqa: E402  (the classes, for use from Python)
+from .finetune import FineTuning, FineTuningRefine  # noqa: E402
+from .neural_cleanse import NeuralCleanseDefense  # noqa: E402
+from .parts import DeployedModel, Purifier, UniversalPerturbation, load_deployed, save_deployed  # noqa: E402
+from .refine import REFINE, RefineDefense  # noqa: E402
+from .remap import LabelRemap, random_derangement  # noqa: E402
+from .shrinkpad import ShrinkPad, ShrinkPadDefense  # noqa: E402
+from .tmr import TMR  # noqa: E402
 
 
 def defense_class(name: str) -> type[Defense]:
     """The defense registered under ``name`` or one of its aliases (case-insensitive); a one-line error otherwise."""
-    for key in (name, DEFENSE_ALIASES.get(name)):
-        if key in DEFENSES:
-            return DEFENSES[key]
-    folded = {k.lower(): v for k, v in {**DEFENSES, **{a: DEFENSES[t] for a, t in DEFENSE_ALIASES.items()}}.items()}
-    if str(name).lower() in folded:
-        return folded[str(name).lower()]
-    raise UserError(f"unknown defense {name!r}; choose one of {', '.join(DEFENSES)}")
+    return DEFENSES.get(name)
 
 
-__all__ = ["DEFENSES", "DEFENSE_ALIASES", "BTIDBFPurify", "BTIDBFUnlearn", "Defense", "DeployedModel", "FineTuning",
+__all__ = ["DEFENSES", "BTIDBFPurify", "BTIDBFUnlearn", "Defense", "DeployedModel", "FineTuning",
            "FineTuningRefine", "FitContext", "LabelRemap", "NeuralCleanseDefense", "Purifier", "REFINE",
            "RefineDefense", "ShrinkPad", "ShrinkPadDefense", "TMR", "UniversalPerturbation", "defense_class",
-           "frozen_copy", "load_deployed", "random_derangement", "save_deployed"]
+           "frozen_copy", "load_deployed", "random_derangement", "register_defense", "save_deployed"]

@@ -6,9 +6,11 @@
     defense.detection                                                        # e.g. {'target': 0, ...} or {}
 
 A defense never modifies the model it is given: it trains parts around a frozen copy (REFINE, T-MR,
-BTI-DBF(P), NC, ShrinkPad) or repairs a copy (FT, BTI-DBF(U)). ``defaults`` are the paper's (or the method
-authors') values; ``checks`` validate them (core.validate); the job (core.run_defense) turns both into
-command-line flags and config keys.
+BTI-DBF(P), NC, ShrinkPad) or repairs a copy (FT, BTI-DBF(U)). A defense is one file in core/defenses/: its
+class wears ``@register_defense`` and declares its ``settings`` (core.settings.Setting: default - the
+paper's or the method authors' value -, help, check); the job (core.run_defense) turns them into
+command-line flags, config keys and checks, and what else it needs to know is declared on the class
+(``labelled``, ``detects_target``, ``version``, :meth:`Defense.write_outputs`).
 """
 from __future__ import annotations
 
@@ -21,14 +23,21 @@ import torch
 
 from ..data import Split, memory_format
 from ..models import Classifier
+from ..registry import Registry
+from ..checks import number
+from ..settings import Setting, defaults
 from .parts import DeployedModel
+
+DEFENSES = Registry("defense")
+register_defense = DEFENSES.register  # the decorator every defense class wears
 
 
 @dataclass
 class FitContext:
     """How a defense runs, as opposed to what it computes: device, seed, mixed precision, logging, where to
     keep resumable state (``work_dir``; None: not resumable), what must match for a resume (``fingerprint``),
-    an evaluation callback ``evaluate(deployed, epoch) -> metrics`` for defenses trained over epochs, and
+    an evaluation callback ``evaluate(deployed, epoch, final=False) -> metrics`` for defenses trained over
+    epochs (``final``: this is the model fit() returns, so the job need not evaluate it again), and
     the speed switches (``compile``, ``fused``) for those that support them."""
 
     device: torch.device | str = "cpu"
@@ -37,32 +46,48 @@ class FitContext:
     log: Callable[[str], None] = print
     work_dir: Path | None = None
     fingerprint: dict = field(default_factory=dict)
-    evaluate: Callable[[DeployedModel, int], dict] | None = None
+    evaluate: Callable[..., dict] | None = None  # evaluate(deployed, epoch, final=False) -> metrics
     eval_every: int = 10
     compile: bool = False
     fused: bool = False
 
     def state_path(self, name: str) -> Path | None:
-        return Path(self.work_dir) / name if self.work_dir is not None else None
+        """Where the resumable state ``name`` lives: ``<work_dir>/state/<name>`` (the job discards ``state/``
+        with --fresh and checks every file in it before a resume); None when not resumable."""
+        return Path(self.work_dir) / STATE_DIR / name if self.work_dir is not None else None
+
+
+STATE_DIR = "state"
+
+
+def defender_share(default: float) -> Setting:
+    """The ``data_fraction`` setting every defense declares: its own default share of the training set."""
+    return Setting(default, "share of the training set the defender holds (a seeded subset)",
+                   number(0, 1, lo_open=True), "data")
 
 
 class Defense:
-    """Base class. Subclasses set ``name``, ``labelled`` (whether ``fit`` reads the defender's labels),
-    ``defaults`` (every setting with its default, including ``data_fraction``: the share of the training set
-    the defender holds) and ``checks``; and implement :meth:`fit`."""
+    """Base class. Subclasses set ``name``, ``labelled`` (whether ``fit`` reads the defender's labels) and
+    ``settings`` (every setting declared once, including ``data_fraction``: the share of the training set the
+    defender holds); and implement :meth:`fit`. Settings read as attributes (``self.epochs``); ``self.values``
+    holds them all."""
 
     name = ""
+    aliases: tuple[str, ...] = ()
     summary = ""
+    order = 100  # place in listings (the paper's order)
+    version = 1  # bumped whenever what the defense computes changes: runs of another version are not reused
     labelled = False
-    defaults: dict = {}
-    checks: dict = {}  # setting -> core.validate.Check
+    settings: dict[str, Setting] = {}
     preset_task = "defense"  # presets come from configs/<preset_task>/<preset>.yaml (REFINE: configs/refine/)
+    detects_target = False  # fit() fills ``detection['target']`` (the class it names as the backdoor's target)
+    compared_by_default = True  # a column of compare.py when --defenses is not given (the paper's Table 1-2 set)
 
-    def __init__(self, **settings):
-        unknown = set(settings) - set(self.defaults)
+    def __init__(self, **values):
+        unknown = set(values) - set(self.settings)
         if unknown:
             raise TypeError(f"{self.name} has no setting(s) {', '.join(sorted(unknown))}")
-        self.settings = {**self.defaults, **settings}
+        self.values = {**defaults(self.settings), **values}
         self.detection: dict = {}  # filled by fit() for defenses that also detect (target class, anomaly index)
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
@@ -74,10 +99,14 @@ class Defense:
         """Extra rows for the run's preview.png, computed from clean images in [0, 1] (BTI-DBF: G(x))."""
         return {}
 
+    def write_outputs(self, deployed: DeployedModel, folder: Path) -> list[Path]:
+        """Files of the run folder beyond the deployed model (REFINE: label_mapping.json); returns their paths."""
+        return []
+
     def __getattr__(self, key):  # settings read as attributes: self.epochs
-        settings = self.__dict__.get("settings", {})
-        if key in settings:
-            return settings[key]
+        values = self.__dict__.get("values", {})
+        if key in values:
+            return values[key]
         raise AttributeError(key)
 
 

@@ -42,7 +42,7 @@ Deviations from the authors' code (github.com/xuxiong0214/BTIDBF), each for a st
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
 import torch
@@ -57,8 +57,9 @@ from ..models.resnet import ResNet
 from ..seeding import derive_seed, generator
 from ..checkpoint import atomic_save
 from ..train import EpochState, autocast, fit, make_optimizer, resolve_device
-from ..validate import integer, number
-from .base import Defense, FitContext, frozen_copy
+from ..checks import integer
+from ..settings import from_dataclass
+from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .parts import DeployedModel, Purifier
 
 SUPPORTED_MODELS = "the toolkit's CIFAR ResNets (ResNet18, ResNet34, ResNet50)"
@@ -773,19 +774,9 @@ __all__ = ["BTIDBFConfig", "GeneratorUNet", "Purifier", "bti_dbf_purify", "bti_d
 
 # -- behind the common defense interface (defend.py --defense BTI-DBF-U / BTI-DBF-P) ----------------------------
 # every BTIDBFConfig field is a setting (flag --<name with dashes>), but the augmentation, which is always on
-_BTI_SETTINGS = [f for f in fields(BTIDBFConfig) if f.name not in ("augment", "crop_padding")]
-
-
-def _bti_checks() -> dict:
-    checks = {}
-    for f in _BTI_SETTINGS:
-        default = getattr(BTIDBFConfig(), f.name)
-        if isinstance(default, int):
-            checks[f.name] = integer(1 if f.name in ("rounds", "batch_size", "generator_channels",
-                                                     "generator_blocks") else 0)
-        else:
-            checks[f.name] = number(0)
-    return checks
+BTI_DBF_SETTINGS = from_dataclass(BTIDBFConfig, exclude=("augment", "crop_padding"), label="BTI-DBF: ")
+BTI_DBF_SETTINGS.update({key: replace(BTI_DBF_SETTINGS[key], check=integer(1))
+                         for key in ("rounds", "batch_size", "generator_channels", "generator_blocks")})
 
 
 def _resumable(ctx: FitContext) -> dict:
@@ -794,12 +785,11 @@ def _resumable(ctx: FitContext) -> dict:
 
 class _BTIDBFDefense(Defense):
     labelled = True
-    defaults = {**{f.name: getattr(BTIDBFConfig(), f.name) for f in _BTI_SETTINGS}, "data_fraction": 0.05}
-
-    checks = _bti_checks()
+    detects_target = True
+    settings = {**BTI_DBF_SETTINGS, "data_fraction": defender_share(0.05)}
 
     def config(self) -> BTIDBFConfig:
-        return BTIDBFConfig(**{f.name: self.settings[f.name] for f in _BTI_SETTINGS})
+        return BTIDBFConfig(**{key: self.values[key] for key in BTI_DBF_SETTINGS})
 
     def _record(self, info: dict, model: Classifier) -> None:
         self.detection = {"target": info["target"], "votes": info["votes"].tolist()}
@@ -811,8 +801,11 @@ class _BTIDBFDefense(Defense):
             return {"inverted G(x)": self.inverted(clean)}
 
 
+@register_defense
 class BTIDBFUnlearn(_BTIDBFDefense):
     name = "BTI-DBF-U"
+    aliases = ("BTI-DBF(U)",)
+    order = 20
     summary = "BTI-DBF(U): invert the trigger with decoupled benign features, then unlearn it (repairs a copy)"
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
@@ -822,8 +815,11 @@ class BTIDBFUnlearn(_BTIDBFDefense):
         return DeployedModel(repaired)
 
 
+@register_defense
 class BTIDBFPurify(_BTIDBFDefense):
     name = "BTI-DBF-P"
+    aliases = ("BTI-DBF(P)",)
+    order = 10
     summary = "BTI-DBF(P): invert the trigger with decoupled benign features, then train an input purifier"
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:

@@ -5,19 +5,24 @@ from __future__ import annotations
 import copy
 
 from ..augment import AUGMENTATIONS
+from ..checks import choice, integer, number
 from ..data import Split
 from ..models import Classifier
+from ..settings import Setting
 from ..train import train_classifier
-from ..validate import choice, integer, number
-from .base import Defense, FitContext
+from .base import Defense, FitContext, defender_share, register_defense
 from .parts import DeployedModel
 from .refine import RefineDefense
 
 # FT's recipe: the common fine-tuning baseline (5 % of the training set with labels, SGD 0.01, 10 epochs,
-# crop + flip); the REFINE paper gives no FT hyper-parameters.
-FT_DEFAULTS = {"ft_epochs": 10, "ft_lr": 0.01, "ft_batch_size": 128, "ft_weight_decay": 5e-4, "ft_augment": "crop_flip"}
-FT_CHECKS = {"ft_epochs": integer(1), "ft_lr": number(0, lo_open=True), "ft_batch_size": integer(1),
-             "ft_weight_decay": number(0), "ft_augment": choice(AUGMENTATIONS)}
+# crop + flip, cosine schedule); the REFINE paper gives no FT hyper-parameters.
+FT_SETTINGS = {
+    "ft_epochs": Setting(10, "FT: fine-tuning epochs", integer(1), "train"),
+    "ft_lr": Setting(0.01, "FT: learning rate (SGD, momentum 0.9, cosine schedule)", number(0, lo_open=True), "train"),
+    "ft_batch_size": Setting(128, "FT: batch size", integer(1), "train"),
+    "ft_weight_decay": Setting(5e-4, "FT: weight decay", number(0), "train"),
+    "ft_augment": Setting("crop_flip", "FT: augmentation", choice(AUGMENTATIONS), "train"),
+}
 
 
 def fine_tune(model: Classifier, data: Split, settings: dict, ctx: FitContext, state_name: str) -> Classifier:
@@ -32,30 +37,34 @@ def fine_tune(model: Classifier, data: Split, settings: dict, ctx: FitContext, s
     return tuned.eval().requires_grad_(False)
 
 
+@register_defense
 class FineTuning(Defense):
     name = "FT"
+    order = 70
     summary = "fine-tuning a copy of the model on the defender's labelled data"
     labelled = True
-    defaults = {**FT_DEFAULTS, "data_fraction": 0.05}
-    checks = FT_CHECKS
+    settings = {**FT_SETTINGS, "data_fraction": defender_share(0.05)}
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         # no evaluation here: the job evaluates the deployed model once, at the end
-        return DeployedModel(fine_tune(model, data, self.settings, ctx, "train_state.pth"))
+        return DeployedModel(fine_tune(model, data, self.values, ctx, "train_state.pth"))
 
 
+@register_defense
 class FineTuningRefine(RefineDefense):
     """FT, then REFINE on the fine-tuned model (both on the same defender data; REFINE reads no labels)."""
 
     name = "FT+REFINE"
+    aliases = ("FT-REFINE",)
+    order = 80
+    compared_by_default = False  # the paper's Appendix G, not a column of Tables 1-2
     summary = "fine-tuning, then REFINE around the fine-tuned model (paper Appendix G)"
     labelled = True
     preset_task = "defense"
-    defaults = {**RefineDefense.defaults, **FT_DEFAULTS, "data_fraction": 0.05}
-    checks = {**RefineDefense.checks, **FT_CHECKS}
+    settings = {**RefineDefense.settings, **FT_SETTINGS, "data_fraction": defender_share(0.05)}
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         ctx.log("FT+REFINE: fine-tuning")
-        tuned = fine_tune(model, data, self.settings, ctx, "finetune_state.pth")
+        tuned = fine_tune(model, data, self.values, ctx, "finetune_state.pth")
         ctx.log("FT+REFINE: REFINE around the fine-tuned model")
         return super().fit(tuned, data, ctx)

@@ -35,9 +35,10 @@ from ..errors import UserError
 from ..seeding import generator
 from ..checkpoint import atomic_save
 from ..train import EpochState, resolve_device
-from ..validate import integer, number
-from .base import Defense, FitContext
-from .bti_dbf import BTIDBFConfig, _frozen_copy, build_generator, pretrain_generator, train_purifier
+from ..checks import integer, number
+from ..settings import Setting
+from .base import Defense, FitContext, defender_share, register_defense
+from .bti_dbf import BTI_DBF_SETTINGS, BTIDBFConfig, _frozen_copy, build_generator, pretrain_generator, train_purifier
 from .parts import DeployedModel, Purifier
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal distribution's standard deviation
@@ -372,6 +373,7 @@ def _result_from(saved: dict) -> NCResult:
     return NCResult(**{**saved, "triggers": [InvertedTrigger(**t) for t in saved["triggers"]]})
 
 
+@register_defense
 class NeuralCleanseDefense(Defense):
     """Neural Cleanse, then (as the REFINE paper does) input purification with its inverted trigger: a purifier
     P (BTI-DBF's generator network) is pre-trained toward the identity, then trained exactly like BTI-DBF(P)'s
@@ -379,17 +381,22 @@ class NeuralCleanseDefense(Defense):
     ``model(P(x))``; NC's verdict (anomaly indices, flagged classes, target) goes to the run's metrics."""
 
     name = "NC"
+    detects_target = True
     summary = "Neural Cleanse trigger inversion + MAD detection, then a purifier trained as BTI-DBF(P)'s second step"
     labelled = True
-    defaults = {"nc_epochs": NCConfig.epochs, "nc_lr": NCConfig.lr, "nc_init_cost": NCConfig.init_cost,
-                "nc_classes_per_pass": 10, "batch_size": 128, "generator_channels": 32, "generator_blocks": 4,
-                "pretrain_epochs": 50, "purify_epochs": 30, "purify_lr": 1e-3, "purify_noise": 0.03,
-                "data_fraction": 0.05}
-
-    checks = {"nc_epochs": integer(1), "nc_lr": number(0, lo_open=True), "nc_init_cost": number(0),
-              "nc_classes_per_pass": integer(1), "generator_channels": integer(1), "generator_blocks": integer(1),
-              "pretrain_epochs": integer(0), "purify_epochs": integer(0), "purify_lr": number(0, lo_open=True),
-              "purify_noise": number(0)}
+    order = 30
+    aliases = ("NeuralCleanse",)
+    settings = {
+        "nc_epochs": Setting(NCConfig.epochs, "NC: optimisation epochs per class", integer(1)),
+        "nc_lr": Setting(NCConfig.lr, "NC: Adam's learning rate on the mask and pattern", number(0, lo_open=True)),
+        "nc_init_cost": Setting(NCConfig.init_cost, "NC: starting weight λ of the mask's L1 norm", number(0)),
+        "nc_classes_per_pass": Setting(10, "NC: classes optimised together in one batched forward (same result)",
+                                       integer(1)),
+        # the purifier: trained as BTI-DBF(P)'s second step, with BTI-DBF's settings
+        **{key: BTI_DBF_SETTINGS[key] for key in ("batch_size", "generator_channels", "generator_blocks",
+                                                  "pretrain_epochs", "purify_epochs", "purify_lr", "purify_noise")},
+        "data_fraction": defender_share(0.05),
+    }
 
     def fit(self, model: nn.Module, data: Split, ctx: FitContext) -> DeployedModel:
         """Resumable by stage (``ctx.work_dir``): a stopped run keeps NC's inverted triggers and, once it is

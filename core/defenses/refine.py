@@ -16,19 +16,47 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+import json
+from pathlib import Path
+
 from ..augment import AUGMENTATIONS
-from ..data import memory_format
+from ..checkpoint import atomic_write
+from ..checks import boolean, choice, integer, number
+from ..data import Split, memory_format
 from ..errors import UserError
 from ..metrics import ba_asr, predict
-from ..data import Split
 from ..models import Classifier, UNet
 from ..seeding import generator
-from ..train import EpochState, autocast, fit, lr_factor, make_optimizer
-from ..validate import boolean, choice, integer, number
-from .base import Defense, FitContext, frozen_copy
+from ..settings import Setting, defaults
+from ..train import EpochState, autocast, fit, lr_factor, make_optimizer, training_recipe
+from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .losses import remapped_loss, supcon_loss
 from .parts import DeployedModel
 from .remap import LabelRemap, random_derangement
+
+# REFINE's method: everything but the training recipe. Defaults: the paper's (Section 5.1, Appendix C) where it
+# says, else the authors' code; ``--preset mini`` and the fidelity switches are in configs/refine/ and docs/.
+METHOD = {
+    "unet_channels": Setting(64, "first-layer width of the UNet T (the paper: 64 on CIFAR-10, 32 on ImageNet-50)",
+                             integer(1), aliases=("--unet_channels",)),
+    "loss": Setting("ce", "classification loss: ce (the paper's formula) or bce (the authors' code)",
+                    choice(("ce", "bce"))),
+    "lam": Setting(0.1, "weight λ of the supervised contrastive loss (0: the ablation 'w/o SCL')", number(0),
+                   aliases=("--sup",), switches=(("--no-supcon", 0.0),)),
+    "temperature": Setting(0.07, "SupCon temperature", number(0, lo_open=True)),
+    "remap": Setting(True, "the random label derangement M (false: identity, the ablation 'w/o HRF')", boolean(),
+                     switches=(("--no-remap", False),)),
+    "supcon_views": Setting(2, "copies of each transformed image in the SupCon loss: 2 as the authors' code (every "
+                               "image is also its own positive), 1 as the paper's formula", choice((1, 2))),
+    "pseudo_fp32": Setting(False, "pseudo-labels from an fp32 forward pass of F even under bf16 autocast (the "
+                                  "authors' code runs everything in fp32; CPUs always do)", boolean()),
+    "pseudo_labels": Setting("augmented", "ȳ from each augmented batch (augmented: the authors' code) or once from "
+                                          "the clean images (clean: one forward pass of F less per step)",
+                             choice(("augmented", "clean"))),
+}
+# REFINE's training recipe (the paper: SGD 0.01, momentum 0.9, wd 5e-4, batch 256, 150 epochs, lr x0.8 at epochs
+# 100 and 130) and its augmentation of the unlabeled images (resized crop + flip + grayscale).
+RECIPE = training_recipe(epochs=150, batch_size=256, lr=0.01, gamma=0.8, augment="refine")
 
 class REFINE:
     """The defense, usable from Python in the style of BackdoorBox::
@@ -39,15 +67,19 @@ class REFINE:
         metrics = defense.test(benign_test, poisoned_test)
 
     ``unet``: the input transform T, trained in place (a :class:`UNet`; T-MR passes a universal perturbation).
-    ``model``: F, copied and frozen (the caller's module is not modified). ``loss``: 'ce' (paper) or 'bce' (authors' code). ``lam``: weight λ of the supervised contrastive
-    term (0 disables it: ablation "w/o SCL"). ``remap=False``: identity mapping (ablation "w/o HRF").
-    ``supcon_views``: 2 passes each transformed image twice to SupCon, as the authors' code; 1 once.
-    ``pseudo_fp32``: pseudo-labels from an fp32 forward pass even when ``amp`` runs the rest in bf16.
+    ``model``: F, copied and frozen (the caller's module is not modified). ``method``: the settings of
+    :data:`METHOD` but ``unet_channels`` and ``pseudo_labels`` (``loss``, ``lam``, ``temperature``, ``remap``,
+    ``supcon_views``, ``pseudo_fp32``), each defaulting to its declaration.
     """
 
-    def __init__(self, unet: nn.Module, model: Classifier, num_classes: int, seed: int = 0, loss: str = "ce",
-                 lam: float = 0.1, temperature: float = 0.07, remap: bool = True, device="cpu", amp: bool = True,
-                 supcon_views: int = 2, pseudo_fp32: bool = False):
+    def __init__(self, unet: nn.Module, model: Classifier, num_classes: int, seed: int = 0, device="cpu",
+                 amp: bool = True, **method):
+        unknown = set(method) - (set(METHOD) - {"unet_channels", "pseudo_labels"})
+        if unknown:
+            raise TypeError(f"REFINE has no setting(s) {', '.join(sorted(unknown))}")
+        method = {**defaults(METHOD), **method}
+        loss, lam, temperature, remap = method["loss"], method["lam"], method["temperature"], method["remap"]
+        supcon_views, pseudo_fp32 = method["supcon_views"], method["pseudo_fp32"]
         if loss not in ("ce", "bce"):
             raise UserError(f"unknown loss {loss!r}; choose ce or bce")
         self.device = torch.device(device)
@@ -114,13 +146,15 @@ class REFINE:
         parts["agree"] = (remapped.argmax(1) == pseudo).float().mean().detach()
         return total, parts
 
-    def train(self, images: torch.Tensor, *, epochs: int = 150, batch_size: int = 256, lr: float = 0.01,
-              optimizer: str = "SGD", momentum: float = 0.9, weight_decay: float = 5e-4,
-              schedule: str = "multistep", milestones=(100, 130), gamma: float = 0.8, augment: str = "refine",
-              pseudo_labels: str = "augmented", compile: bool = False, fused: bool = False,
-              state_path=None, fingerprint: dict | None = None, evaluate: Callable[[int], dict] | None = None,
-              eval_every: int = 10, log: Callable[[str], None] = print) -> nn.Module:
+    def train(self, images: torch.Tensor, *, pseudo_labels: str = "augmented", compile: bool = False,
+              fused: bool = False, state_path=None, fingerprint: dict | None = None,
+              evaluate: Callable[[int], dict] | None = None, eval_every: int = 10,
+              log: Callable[[str], None] = print, **recipe) -> nn.Module:
         """Trains T on unlabeled uint8 images N×C×H×W (labels are never used), through :func:`core.train.fit`.
+
+        ``recipe``: the settings of :data:`RECIPE` (``epochs``, ``batch_size``, ``lr``, ``optimizer``,
+        ``momentum``, ``weight_decay``, ``schedule``, ``milestones``, ``gamma``, ``augment``), each defaulting
+        to its declaration (the paper's).
 
         ``pseudo_labels``: 'augmented' takes ȳ = argmax F(x) of each augmented batch (the authors' code);
         'clean' computes ȳ once from the un-augmented images (F is frozen, so they never change) and saves
@@ -132,6 +166,13 @@ class REFINE:
         """
         if pseudo_labels not in ("augmented", "clean"):
             raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
+        unknown = set(recipe) - set(RECIPE)
+        if unknown:
+            raise TypeError(f"REFINE.train has no setting(s) {', '.join(sorted(unknown))}")
+        recipe = {**defaults(RECIPE), **recipe}
+        epochs, batch_size, lr, optimizer = recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["optimizer"]
+        momentum, weight_decay, schedule = recipe["momentum"], recipe["weight_decay"], recipe["schedule"]
+        milestones, gamma, augment = recipe["milestones"], recipe["gamma"], recipe["augment"]
         opt = make_optimizer(self.unet.parameters(), optimizer, lr, momentum, weight_decay, fused=fused)
         images = images.to(self.device)
         if pseudo_labels == "clean":
@@ -157,25 +198,16 @@ class REFINE:
         return self.unet
 
 
+@register_defense
 class RefineDefense(Defense):
     """REFINE behind the common defense interface (``refine.py`` / ``defend.py --defense REFINE``): trains T
     on the defender's *unlabeled* images; the deployed model is M∘F∘T with the given model F frozen."""
 
     name = "REFINE"
+    order = 0
     summary = "UNet input transform + label derangement around the frozen model, unlabeled data (the paper)"
     preset_task = "refine"
-    # The paper's settings (Section 5.1, Appendix C): refine.py's defaults.
-    defaults = {
-        "unet_channels": 64, "loss": "ce", "sup": 0.1, "temperature": 0.07, "remap": True,
-        "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 150, "batch_size": 256,
-        "schedule": "multistep", "milestones": [100, 130], "decay": 0.8, "augment": "refine",
-        "pseudo_labels": "augmented",
-        "supcon_views": 2, "pseudo_fp32": False,  # the authors' SupCon call (two identical views); bf16 pseudo-labels on CUDA
-        "data_fraction": 1.0,
-    }
-    checks = {"unet_channels": integer(1), "loss": choice(("ce", "bce")), "sup": number(0),
-              "temperature": number(0, lo_open=True), "remap": boolean(), "decay": number(0, lo_open=True),
-              "pseudo_labels": choice(("augmented", "clean")), "supcon_views": choice((1, 2)), "pseudo_fp32": boolean()}
+    settings = {**METHOD, **RECIPE, "data_fraction": defender_share(1.0)}
 
     def transform(self, data: Split) -> nn.Module:
         """T before training (T-MR overrides it)."""
@@ -183,15 +215,26 @@ class RefineDefense(Defense):
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         torch.manual_seed(ctx.seed)  # T's initial weights
-        refine = REFINE(self.transform(data), model, model.spec["num_classes"], seed=ctx.seed, loss=self.loss,
-                        lam=self.sup, temperature=self.temperature, remap=self.remap, device=ctx.device, amp=ctx.amp,
-                        supcon_views=self.supcon_views, pseudo_fp32=self.pseudo_fp32)
+        method = {k: self.values[k] for k in METHOD if k not in ("unet_channels", "pseudo_labels")}
+        refine = REFINE(self.transform(data), model, model.spec["num_classes"], seed=ctx.seed, device=ctx.device,
+                        amp=ctx.amp, **method)
         ctx.log(f"label mapping (class j -> position): {refine.remap.permutation.tolist()}")
-        evaluate = (lambda epoch: ctx.evaluate(refine.defended_model(), epoch)) if ctx.evaluate else None
-        refine.train(data.images, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-                     momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
-                     milestones=self.milestones, gamma=self.decay, augment=self.augment,
-                     pseudo_labels=self.pseudo_labels, compile=ctx.compile, fused=ctx.fused,
-                     state_path=ctx.state_path("train_state.pth"),
+        evaluate = None
+        if ctx.evaluate:
+            def evaluate(epoch):
+                return ctx.evaluate(refine.defended_model(), epoch, final=epoch == self.epochs)
+        refine.train(data.images, **{k: self.values[k] for k in RECIPE}, pseudo_labels=self.pseudo_labels,
+                     compile=ctx.compile, fused=ctx.fused, state_path=ctx.state_path("train_state.pth"),
                      fingerprint=ctx.fingerprint, evaluate=evaluate, eval_every=ctx.eval_every, log=ctx.log)
         return refine.defended_model()
+
+    def write_outputs(self, deployed: DeployedModel, folder: Path) -> list[Path]:
+        """label_mapping.json: the derangement M, readable without the toolkit."""
+        permutation = getattr(deployed.output_map, "permutation", None)
+        if permutation is None:
+            return []
+        path = Path(folder) / "label_mapping.json"
+        text = json.dumps({"permutation": permutation.tolist(),
+                           "meaning": "the score of original class j is moved to position permutation[j]"}, indent=2)
+        atomic_write(path, lambda fh: fh.write(text.encode()))
+        return [path]

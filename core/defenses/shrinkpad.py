@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import integer
 from ..data import Split
 from ..models import Classifier
-from ..validate import integer
-from .base import Defense, FitContext, frozen_copy
+from ..settings import Setting
+from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .parts import DeployedModel
 
 from ..errors import UserError
@@ -90,6 +91,7 @@ class ShrinkPad(nn.Module):
         return {"pad_size": self.pad_size}
 
 
+@register_defense
 class ShrinkPadDefense(Defense):
     """ShrinkPad behind the common defense interface: no training, no data; the deployed model is
     ``model(ShrinkPad(pad_size)(x))`` with the model given (a frozen copy). Sweep ``pad_size`` for the
@@ -97,8 +99,11 @@ class ShrinkPadDefense(Defense):
 
     name = "ShrinkPad"
     summary = "shrink each image by pad_size pixels and pad it back at a random offset (test time only)"
-    defaults = {"pad_size": 4, "data_fraction": 0.05}
-    checks = {"pad_size": integer(0)}  # 0: the identity, the start of a sweep
+    order = 50
+    aliases = ("SP",)
+    settings = {"pad_size": Setting(4, "ShrinkPad: pixels each image is shrunk by and padded back (0: the identity, "
+                                       "the start of a sweep)", integer(0)),
+                "data_fraction": defender_share(0.05)}
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         check_pad_size(self.pad_size, *data.images.shape[2:])

@@ -6,16 +6,19 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..data import Split
+from .base import register_defense
 from .parts import UniversalPerturbation
 from .refine import RefineDefense
 
 
+@register_defense
 class TMR(RefineDefense):
     name = "T-MR"
+    aliases = ("TMR",)
+    order = 60
     summary = "REFINE with a universal additive perturbation instead of the UNet (paper Appendix D.6)"
     preset_task = "defense"
-    defaults = {k: v for k, v in RefineDefense.defaults.items() if k != "unet_channels"}
-    checks = {k: v for k, v in RefineDefense.checks.items() if k != "unet_channels"}
+    settings = {k: v for k, v in RefineDefense.settings.items() if k != "unet_channels"}
 
     def transform(self, data: Split) -> nn.Module:
         _, channels, height, width = data.images.shape

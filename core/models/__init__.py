@@ -3,6 +3,12 @@
 Every classifier in this project takes images in [0, 1]; the normalization it was trained with is a
 recorded part of it (``Classifier.normalize``), so a model trained elsewhere on normalized inputs is
 wrapped with its own mean/std and everything downstream (attacks, REFINE) sees plain images.
+
+Every classifier network (``Classifier.net``: the CIFAR ResNets, VGG16, DenseNet121, ViT, torchvision's
+ImageNet ResNets) splits as timm's models do: ``net.forward_features(x)`` is the backbone f_b (the last
+convolutional stage's output N×C×h×w; the ViT's normed token sequence N×T×D) and ``net.forward_head(f)`` the
+rest (pooling + linear layer), with ``net(x) == net.forward_head(net.forward_features(x))``. Defenses that
+work on the features (BTI-DBF) use that split, so they serve every architecture.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .resnet import resnet18, resnet34, resnet50
+from .generator import GeneratorUNet
 from .small import VGG16, DenseNet121, ViT
 from .unet import UNet
 
@@ -69,12 +76,12 @@ def resolve_normalization(name: str | None = None, mean=None, std=None) -> dict:
 def _torchvision_resnet(depth):
     def build(num_classes, width):
         try:
-            import torchvision
+            from .torchvision_resnet import torchvision_resnet
         except Exception as exc:  # ImportError, or a torchvision built for another torch
             raise UserError(f"ImageNet50 models need a working torchvision ({exc}); pip install torchvision") from exc
         if width != 64:
             raise UserError("--width applies to CIFAR models only; ImageNet ResNets come from torchvision")
-        return getattr(torchvision.models, f"resnet{depth}")(num_classes=num_classes)
+        return torchvision_resnet(depth, num_classes)  # torchvision's ResNet with forward_features/forward_head
 
     return build
 
@@ -144,5 +151,5 @@ def build_classifier(model: str, dataset: str, num_classes: int, width: int = 64
     return Classifier(MODELS[(kind, model)](num_classes, width), spec)
 
 
-__all__ = ["Classifier", "Normalize", "UNet", "build_classifier", "resolve_normalization", "MODEL_NAMES",
-           "NORMALIZATIONS", "NORMALIZATION_HELP"]
+__all__ = ["Classifier", "GeneratorUNet", "Normalize", "UNet", "build_classifier", "resolve_normalization",
+           "MODEL_NAMES", "NORMALIZATIONS", "NORMALIZATION_HELP"]

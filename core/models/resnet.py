@@ -3,6 +3,9 @@
 Parameter names follow BackdoorBox's ``core.models.ResNet`` (``conv1``, ``bn1``, ``layer1..4``,
 ``shortcut``, ``linear``), so checkpoints trained by BackdoorBox or the official REFINE code load as
 they are. ``width`` scales every stage (64 = the standard network; 16 = the CPU preset's).
+
+Like every classifier network of :mod:`core.models`, it splits as timm's models do:
+``forward(x) == forward_head(forward_features(x))``.
 """
 from __future__ import annotations
 
@@ -75,14 +78,18 @@ class ResNet(nn.Module):
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features N×D (input of ``linear``)."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone: N×3×H×W -> output of ``layer4``, N×(8·width·expansion)×H/8×W/8 (N×512×4×4 for a
+        width-64 ResNet-18 on 32×32 images)."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(out))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The head: features N×C×h×w -> logits (global average pool, flatten, ``linear``)."""
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
 
     def forward(self, x):
-        return self.linear(self.features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 def resnet18(num_classes=10, width=64):

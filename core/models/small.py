@@ -1,6 +1,8 @@
 """The other CIFAR architectures of the paper's Table 4: VGG-16, DenseNet-121 and a small ViT.
 
-``width`` scales the channels like on the ResNets (64 = standard size).
+``width`` scales the channels like on the ResNets (64 = standard size). Each splits as timm's models do,
+``forward(x) == forward_head(forward_features(x))``: ``forward_features`` is the backbone (the last
+convolutional stage's output N×C×h×w; the ViT's normed token sequence N×T×D), ``forward_head`` the rest.
 """
 from __future__ import annotations
 
@@ -27,8 +29,16 @@ class VGG16(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×H×W -> output of the last block (after its max-pool): N×8·width×H/32×W/32 (N×512×1×1 on 32×32)."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """features N×C×h×w -> logits (global average pool, flatten, ``classifier``)."""
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
     def forward(self, x):
-        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.forward_head(self.forward_features(x))
 
 
 class _DenseLayer(nn.Module):
@@ -65,9 +75,17 @@ class DenseNet121(nn.Module):
         self.bn = nn.BatchNorm2d(channels)
         self.linear = nn.Linear(channels, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×H×W -> the last dense block's output after the final BatchNorm and ReLU: N×C×H/8×W/8
+        (C = 1024 at width 64)."""
+        return F.relu(self.bn(self.features(self.conv1(x))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """features N×C×h×w -> logits (global average pool, flatten, ``linear``)."""
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
     def forward(self, x):
-        out = F.relu(self.bn(self.features(self.conv1(x))))
-        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+        return self.forward_head(self.forward_features(x))
 
 
 class ViT(nn.Module):
@@ -85,7 +103,16 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, x):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×H×W -> the normed token sequence N×T×D: T = 1 + (H/patch)·(W/patch) tokens (the class token
+        first; 65 on 32×32), D = 3·width."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], 1) + self.pos_embed
-        return self.head(self.norm(self.encoder(tokens))[:, 0])
+        return self.norm(self.encoder(tokens))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """tokens N×T×D -> logits: ``head`` of the class token (the other tokens are not read)."""
+        return self.head(features[:, 0])
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))

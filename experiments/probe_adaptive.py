@@ -2,7 +2,7 @@
 classified as the target: clean, with the test trigger (patches 1 and 2 at full opacity), and with each patch alone
 at its training opacity and at full opacity. A diagnostic for models whose ASR stays low.
 
-    python benchmarks/probe_adaptive.py attack/CIFAR10/ResNet18/Adaptive/latest/model.pth [--images 3000]
+    python experiments/probe_adaptive.py attack/CIFAR10/ResNet18/Adaptive/latest/model.pth [--images 3000]
 """
 import argparse
 import sys

@@ -5,8 +5,8 @@ Accuracy after a given number of images seen does not depend on the device, so a
 candidate recipes (several processes at once) whose CPU cost is known from benchmarks/benchmark_*.py.
 Every run appends one JSON line (config, BA/ASR after each epoch, GPU wall time) to $OUT/sweep.jsonl.
 
-    python benchmarks/demo_recipe_sweep.py --archive .device_data/cifar10-jpeg.tar.gz --workers 8
-    python benchmarks/demo_recipe_sweep.py --archive ... --smoke        # a one-minute CPU check of the script
+    python experiments/demo_recipe_sweep.py --archive .device_data/cifar10-jpeg.tar.gz --workers 8
+    python experiments/demo_recipe_sweep.py --archive ... --smoke        # a one-minute CPU check of the script
 
 Data candidates are the first n images of each class (file order), as the embedded sample is built.
 """

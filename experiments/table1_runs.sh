@@ -3,9 +3,10 @@
 # attack (so that every backdoor is known early), then refine.py for every backdoored model. Resumable: run it
 # again and finished runs are reported, unfinished ones resume. LC needs the Benign model of the same preset, so
 # list Benign before LC. REFINE is skipped for a model whose backdoor did not take (ASR below MIN_ASR).
-#   PRESET=mini ATTACKS="WaNet BATT" bash benchmarks/table1_runs.sh
+#   PRESET=mini ATTACKS="WaNet BATT" bash experiments/table1_runs.sh
 #   EXTRA_ATTACK / EXTRA_REFINE: more flags for every attack.py / refine.py call (e.g. smaller sizes)
-#   then: python -m core.summary attack refine_res --table1 --preset mini --markdown
+#   TABLE=0: no table at the end (by default the Table-1 layout of every finished run of the preset, from
+#   python -m core.summary attack refine_res --table1 --preset $PRESET --markdown: core/tables.py lays it out)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PRESET=${PRESET:-mini}
@@ -32,3 +33,4 @@ PY
   $PY refine.py --dataset CIFAR10 --attack "$attack" --preset "$PRESET" ${EXTRA_REFINE:-} || echo "refine $attack failed"
 done
 echo "== $(date +%H:%M:%S) done"
+if [ "${TABLE:-1}" = 1 ]; then $PY -m core.summary attack refine_res --table1 --preset "$PRESET" --markdown; fi

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 11's mini-preset runs that are too long for a 2-core CPU session, on a lent GPU, time-boxed: the
-# attacks of $ATTACKS, then REFINE's mini preset on each model whose backdoor took (benchmarks/table1_runs.sh),
+# attacks of $ATTACKS, then REFINE's mini preset on each model whose backdoor took (experiments/table1_runs.sh),
 # then, in the time left, the attacks of $MORE_ATTACKS and REFINE on them. Run folders land under attack/ and
 # refine_res/ of the device's checkout; they come back (without weights) in $OUT/runs.tgz with the log.
 #
-#   BUDGET=540 bash benchmarks/gpu_table1_mini.sh      # on the GPU machine, CIFAR archive in .device_data/
-#   SMOKE=1 BUDGET=300 bash benchmarks/gpu_table1_mini.sh   # tiny sizes: checks the script, not the numbers
+#   BUDGET=540 bash experiments/gpu_table1_mini.sh      # on the GPU machine, CIFAR archive in .device_data/
+#   SMOKE=1 BUDGET=300 bash experiments/gpu_table1_mini.sh   # tiny sizes: checks the script, not the numbers
 set -u
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-540}
@@ -22,10 +22,10 @@ fi
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   ensure_cifar10 || exit 1
   echo "== stage 1: $ATTACKS"
-  ATTACKS="$ATTACKS" timeout "$(left 30)" bash benchmarks/table1_runs.sh
+  ATTACKS="$ATTACKS" TABLE=0 timeout "$(left 30)" bash experiments/table1_runs.sh
   if [ "$(left 0)" -gt 120 ]; then
     echo "== stage 2: $MORE_ATTACKS ($(left 0) s left)"
-    ATTACKS="$MORE_ATTACKS" timeout "$(left 30)" bash benchmarks/table1_runs.sh
+    ATTACKS="$MORE_ATTACKS" TABLE=0 timeout "$(left 30)" bash experiments/table1_runs.sh
   fi
   python -m core.summary attack refine_res --table1 --preset mini --markdown || true
   echo "== call ended after $(( $(date +%s) - start )) s"

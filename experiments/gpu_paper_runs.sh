@@ -4,13 +4,13 @@
 # recipe on that model for as long as the time allows. Started again on the same (warm) machine,
 # each stage resumes from its last epoch; the logs come back in $OUT after every call.
 #
-#   BUDGET=540 bash benchmarks/gpu_paper_runs.sh     # on the GPU machine, CIFAR archive in .device_data/
-#   SMOKE=1 bash benchmarks/gpu_paper_runs.sh        # a short CPU check of the script itself
+#   BUDGET=540 bash experiments/gpu_paper_runs.sh     # on the GPU machine, CIFAR archive in .device_data/
+#   SMOKE=1 bash experiments/gpu_paper_runs.sh        # a short CPU check of the script itself
 set -u
 RUN_ROOT=${RUN_ROOT:-gpu_runs}
 BUDGET=${BUDGET:-540}
 mkdir -p "$RUN_ROOT"
-. "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../benchmarks/gpu_common.sh"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   ATTACK_SIZE="--train-size 1000 --test-size 200 --width 8 --epochs 3 --eval-every 1"
