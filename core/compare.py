@@ -15,11 +15,11 @@ from .attacks import attack_class
 from .config import CONFIG_DIR, preset_path, resolve
 from .defenses import defense_class
 from .errors import UserError
-from .jobs import check_for_dataset
+from .jobs import validate_job
 from .run_attack import AttackJob, attack_job_settings, attack_root, run_attack
 from .run_defense import DefenseJob, defaults_for, defense_job_settings, run_defense
 from .runlog import finished_run_matches, read_latest, read_metrics
-from .settings import check_value, defaults, validate
+from .settings import check_value, defaults
 from .tables import MISSING, NO_DEFENSE, ordered as _ordered
 
 # compare.py's options that every job gets where it accepts them (attack_dir is attack.py's --out)
@@ -115,11 +115,10 @@ def plan(opts: argparse.Namespace) -> tuple[list[str], list[str], dict]:
     configs = {}
     for attack in attacks:
         configs[(attack, NO_DEFENSE)] = config = attack_config(opts, attack)
-        check_for_dataset(validate(config, attack_job_settings()), attack_job_settings())
+        validate_job(config, attack_job_settings())
         for label, defense, overrides in columns:
             config = {**defense_config(opts, attack, defense), **overrides}
-            job_settings = defense_job_settings(defense_class(defense))
-            check_for_dataset(validate(config, job_settings), job_settings)
+            validate_job(config, defense_job_settings(defense_class(defense)))
             configs[(attack, label)] = config
     return attacks, [label for label, _, _ in columns], configs
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .checkpoint import file_sha256, safe_load
@@ -26,7 +26,7 @@ from .errors import DivergedError, UserError
 from .models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from .runlog import (RunLog, canonical_json, check_run_folder, finish_run, other_versions_note, report_finished,
                      run_lock, start_run)
-from .settings import Setting, check_value, file_keys
+from .settings import Setting, check_value, file_keys, validate
 
 # The classifier: architecture, width and input normalization (section train: they change what is computed).
 MODEL = {
@@ -53,16 +53,18 @@ def run_settings(config: dict, declared: dict, **extra) -> dict:
     return json.loads(canonical_json(settings))
 
 
-def check_for_dataset(config: dict, settings: dict) -> None:
-    """The checks that depend on the data set's class count (target labels, subset sizes), each naming its flag."""
-    classes = DATASETS[config["dataset"]][0]
-    bounds = {"y_target": integer(0, classes - 1, optional=True), "test_size": integer(classes, optional=True),
-              "train_size": integer(classes, optional=True)}
-    for key, check in bounds.items():
-        if key in config and key in settings:
-            config[key] = check_value(key, Setting(None, "", check, aliases=settings[key].aliases), config[key])
+def validate_job(config: dict, declared: dict) -> dict:
+    """``config`` checked by the job's declarations, the data set first: target labels and subset sizes are
+    bounded by its class count (each message names the flag and the range for this data set)."""
+    dataset = check_value("dataset", declared["dataset"], config.get("dataset"))
+    classes = DATASETS[dataset][0]
+    bounded = {"y_target": integer(0, classes - 1, optional=True), "test_size": integer(classes, optional=True),
+               "train_size": integer(classes, optional=True)}
+    declared = {k: replace(s, check=bounded[k]) if k in bounded else s for k, s in declared.items()}
+    config = validate({**config, "dataset": dataset}, declared)
     if config.get("model") == "ViT" and config.get("width", 4) % 4:  # embedding 3*width split over 4 heads
         raise UserError(f"--width must be a multiple of 4 for ViT, got {config['width']}")
+    return config
 
 
 def check_trigger_tensor(path: str, size: int) -> None:

@@ -61,7 +61,8 @@ class Registry:
 
     @property
     def aliases(self) -> dict[str, str]:
-        return dict(self._aliases)
+        """alias -> name, in the order of the classes."""
+        return {alias: name for name, cls in self._classes.items() for alias in getattr(cls, "aliases", ())}
 
     def names(self) -> list[str]:
         return list(self._classes)

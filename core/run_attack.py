@@ -9,15 +9,15 @@ import torch
 
 from .attacks import ATTACKS, POISONING, attack_class, build_attack
 from .checkpoint import atomic_save, load_classifier, save_classifier
-from .checks import integer, text
+from .checks import choice, integer, text
 from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subset
 from .download import ensure_data
 from .errors import UserError
-from .jobs import MODEL, Job, check_for_dataset, check_trigger_tensor, run_job, run_settings
+from .jobs import MODEL, Job, validate_job, check_trigger_tensor, run_job, run_settings
 from .metrics import ba_asr, default_eval_batch_size
 from .models import build_classifier, resolve_normalization
 from .runlog import RunLog, describe_split, format_metrics, method_versions, read_latest, run_name, tensors_sha256
-from .settings import RUN, Setting, flag_of, merge, owners_of, validate
+from .settings import RUN, Setting, flag_of, merge, owners_of, shown
 from .train import CLASSIFIER_RECIPE, device_name, resolve_device, train_classifier
 from .defenses.base import STATE_DIR
 
@@ -29,13 +29,15 @@ def attack_job_settings() -> dict[str, Setting]:
     own = {}
     for key, owners in owners_of(ATTACKS.values()).items():
         declared = attack_class(owners[0]).settings[key]
-        shown = f" (default {declared.default})" if declared.default is not None else ""
-        own[key] = replace(declared, default=None, help=declared.help + shown,
+        default = f" (default {shown(declared.default)})" if declared.default is not None else ""
+        own[key] = replace(declared, default=None, help=declared.help + default,
                            check=declared.check.or_unset() if declared.check else None)
+    names = [*ATTACKS.names(), *ATTACKS.aliases]
+    poisoning = {**POISONING, "attack": replace(POISONING["attack"], check=choice(names))}
     return merge(RUN, {"out": Setting("attack", "output root", text(), "run")}, DATA,
                  {"train_size": Setting(None, "seeded, class-balanced training subset (default: the whole split)",
                                         integer(1, optional=True), "data")},
-                 MODEL, CLASSIFIER_RECIPE, POISONING, own)
+                 MODEL, CLASSIFIER_RECIPE, poisoning, own)
 
 
 def attack_root(config: dict) -> Path:
@@ -85,9 +87,8 @@ class AttackJob(Job):
 
     def plan(self) -> None:
         job_settings = attack_job_settings()
-        config = validate(self.config, job_settings)
+        config = validate_job(self.config, job_settings)
         config["attack"] = attack_class(config["attack"]).name
-        check_for_dataset(config, job_settings)
         num_classes, image_size = dataset_info(config["dataset"])
         if str(config.get("trigger") or "").endswith((".pth", ".pt")):
             check_trigger_tensor(config["trigger"], image_size)

@@ -23,11 +23,11 @@ from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subs
 from .defenses import DEFENSES, FitContext, defense_class, load_deployed, save_deployed
 from .download import ensure_data
 from .errors import UserError
-from .jobs import MODEL, Job, check_for_dataset, check_trigger_tensor, run_job, run_settings
+from .jobs import MODEL, Job, validate_job, check_trigger_tensor, run_job, run_settings
 from .metrics import ba_asr, default_eval_batch_size
 from .models import NORMALIZATION_HELP, NORMALIZATIONS
 from .runlog import RunLog, describe_split, format_metrics, method_versions, read_latest, run_name
-from .settings import RUN, Setting, defaults, flatten, merge, validate
+from .settings import RUN, Setting, defaults, flatten, merge
 from .train import device_name, resolve_device
 
 # The model to defend and where the run goes: what every defense run has, whatever the defense.
@@ -172,9 +172,8 @@ class DefenseJob(Job):
     def plan(self) -> None:
         cls = self.defense_cls = defense_class(self.config.get("defense") or "REFINE")
         job_settings = defense_job_settings(cls)
-        config = validate({**self.config, "defense": cls.name}, job_settings)
+        config = validate_job({**self.config, "defense": cls.name}, job_settings)
         config["attack"] = canonical_name(config["attack"]) or config["attack"]  # PhysicalBA -> Physical
-        check_for_dataset(config, job_settings)
         num_classes, image_size = dataset_info(config["dataset"])
         if str(config.get("trigger") or "").endswith((".pth", ".pt")):
             check_trigger_tensor(config["trigger"], image_size)

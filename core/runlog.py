@@ -1,13 +1,14 @@
 """Run folders: where a run's outputs go, how a rerun is matched to them, and the files inside.
 
 Every run gets a folder of its own, named ``<preset>_seed<seed>_<hash8>``: ``hash8`` is the start of the
-SHA-256 of the run's *settings* - the whole resolved configuration except pure input/output and logging
-options (:data:`IO_KEYS`), plus a description of the data actually found, the content hashes of the
-files the run reads (trigger, defended model) and the versions of the methods whose code the run executes
-(``method_version``, see :func:`method_versions`). Runs with other settings therefore never share a folder;
-the identical command finds its own folder again and resumes it or reports it finished, and a method whose
-results changed (its ``version`` bumped) trains anew in a folder of its own (:func:`other_versions_note`
-names the finished runs of the other version, :func:`finished_run_matches` keeps them out of tables).
+SHA-256 of the run's *settings* (built by ``core.jobs.run_settings`` from the declared settings) - the whole
+resolved configuration except the ``run`` section (where and how fast it runs), plus a description of the data
+actually found, the content hashes of the files the run reads (trigger, defended model) and the versions of
+the methods whose code the run executes (``method_version``, see :func:`method_versions`). Runs with other
+settings therefore never share a folder; the identical command finds its own folder again and resumes it or
+reports it finished, and a method whose results changed (its ``version`` bumped) trains anew in a folder of its
+own (:func:`other_versions_note` names the finished runs of the other version, :func:`finished_run_matches`
+keeps them out of tables).
 
 ``run.json`` in the folder records the settings, their hash, whether the run finished and the version of this
 code that last wrote it (:func:`code_version`; every call also logs its own, since a run may be resumed by newer
@@ -50,18 +51,9 @@ except ImportError:  # not on Windows: run_lock then locks nothing (with a warni
 import yaml
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, file_sha256
+from .checkpoint import atomic_write
 from .errors import UserError
 
-# Options that only say where things are read from or written to, how progress is reported, or how fast the
-# same computation runs (compile, fused): they never change what a run computes, so they are left out of its
-# settings hash, and a run resumes with them changed. Every other option is in.
-IO_KEYS = frozenset({"out", "device", "eval_every", "eval_batch_size", "fresh", "data_root", "allow_embedded",
-                     "download", "preset", "recipe_note", "run_name", "attack_dir", "compile", "fused",
-                     "defense"})  # a defense's runs have a folder of their own: its name needs no place in the hash
-# Options that name an input file: the settings hold the file's content hash, not its path, so that a
-# moved file is the same run and another file under the same name is not.
-FILE_KEYS = frozenset({"trigger", "model_path", "benign_model"})
 RUN_FILE = "run.json"
 LATEST = "latest"
 LOCK_FILE = ".lock"  # hidden: check_run_folder ignores it, so a folder holding only the lock is a new one
@@ -75,18 +67,6 @@ def canonical_json(obj) -> str:
 
 def settings_hash(settings: dict) -> str:
     return hashlib.sha256(canonical_json(settings).encode()).hexdigest()
-
-
-def run_settings(config: dict, **extra) -> dict:
-    """The settings that define a run: every option of ``config`` but :data:`IO_KEYS` (input files of
-    :data:`FILE_KEYS` by the SHA-256 of their bytes), plus ``extra`` (a description of the data found,
-    ``method_version=method_versions(...)``), JSON-normalised (tuples become lists)."""
-    settings = {k: v for k, v in config.items() if k not in IO_KEYS}
-    for key in FILE_KEYS & set(settings):
-        if settings[key] is not None:
-            settings[key] = {"sha256": file_sha256(settings[key])}
-    settings.update(extra)
-    return json.loads(canonical_json(settings))
 
 
 def method_versions(*methods) -> dict:
@@ -248,7 +228,8 @@ def other_versions_note(folder, settings: dict, product: str) -> str | None:
         return None
     if len(found) == 1:
         old_text, new_text = _version_difference(found[0][1], new)
-        return f"{found[0][0]} holds a finished run {_made_by(old_text)}; this code is {new_text}, so this run trains anew"
+        return (f"{found[0][0]} holds a finished run {_made_by(old_text)}; this code is {new_text}, so this run "
+                f"trains anew")
     names = sorted({name for _, old in found for name in _differing(old, new)})
     runs = "; ".join(f"{sibling} holds a finished run {_made_by(_version_difference(old, new)[0])}"
                      for sibling, old in found)
@@ -257,7 +238,7 @@ def other_versions_note(folder, settings: dict, product: str) -> str | None:
 
 def finished_run_matches(folder, settings: dict, product: str | None = None, ignore=()) -> tuple[bool, str]:
     """Whether ``folder`` holds a finished run of exactly ``settings`` (the wanted resolved settings as
-    :func:`run_settings` builds them, ``method_version`` included), for a table that takes a run's results
+    ``core.jobs.run_settings`` builds them, ``method_version`` included), for a table that takes a run's results
     without running it. Compared in full: every key of either side, nested dicts key by key; ``ignore``
     names top-level keys left out of the comparison (e.g. ``data`` where the table is built without loading
     the data); ``product``: a file the finished run must hold. Returns ``(True, "")``, or ``(False, reason)``
@@ -386,7 +367,7 @@ def _acquire(folder: Path, wait: bool, log, created: list) -> int | None:
                 if log is not None and not waited:
                     log(f"{folder} is in use by another process ({holder}); waiting for it to end")
                 waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                raise UserError("x")
         except OSError as exc:
             os.close(fd)
             if exc.errno not in _NO_FLOCK:
@@ -610,15 +591,12 @@ def format_metrics(m: dict) -> str:
 
 
 def start_run(folder: Path, status: str, settings: dict, config: dict, notes: list[str], discard=(),
-              header: str = "", product: str | None = None) -> "RunLog":
+              header: str = "") -> "RunLog":
     """Opens a run folder that :func:`check_run_folder` accepted, once every check has passed: with
     ``status`` 'fresh' deletes the unfinished run's ``discard`` files and metrics, writes ``run.json`` and
     ``config.yaml``, then logs ``header``, the recipe the preset picked and the ``notes`` gathered before
-    the folder existed; for a 'new' folder and a ``product`` (``model.pth``) also the finished runs of other
-    method versions beside it (:func:`other_versions_note`). Returns the folder's :class:`RunLog`."""
-    if status == "new" and product:
-        note = other_versions_note(folder, settings, product)
-        notes = [*notes, note] if note else notes
+    the folder existed (for a 'new' folder, :func:`other_versions_note` among them). Returns the folder's
+    :class:`RunLog`."""
     run = RunLog(folder)
     if status == "fresh":
         for name in discard:

@@ -67,7 +67,7 @@ def _parser_of(check: Check | None):
     return read
 
 
-def _shown(default) -> str:
+def shown(default) -> str:
     return ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
 
 
@@ -86,7 +86,7 @@ def add_flags(parser: argparse.ArgumentParser, settings: Settings, owners: Mappi
         s = Setting(s.default, s.help.replace("%", "%%"), s.check, s.section, s.aliases, s.cli, s.store_const,
                     s.switches)  # argparse formats help with %
         extra = f" [{', '.join(owners[key])}]" if owners and key in owners else ""
-        default = f" (default {_shown(s.default)})" if s.default is not None else ""
+        default = f" (default {shown(s.default)})" if s.default is not None else ""
         if s.store_const is not None:
             parser.add_argument(*flags, dest=key, action="store_const", const=s.store_const, help=s.help + extra)
         elif s.check is not None and s.check.parse is not None and getattr(s.check.parse, "__name__", "") == "parse_bool":
@@ -163,7 +163,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
         flags = (", ".join(f"`{f}`" for f in [s.flag(key), *s.aliases, *(w for w, _ in s.switches)]) if s.cli
                  else f"`{key}` (config only)")
         allowed = s.check.describe if s.check is not None else "any"
-        rows.append((flags, "" if s.default is None else _shown(s.default), allowed, s.help))
+        rows.append((flags, "" if s.default is None else shown(s.default), allowed, s.help))
     return rows
 
 
@@ -173,8 +173,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
 RUN = {
     "device": Setting("auto", "auto, cpu, cuda, cuda:1 or a GPU index", text(), "run",
                       aliases=("--gpu_id", "--gpu")),
-    "seed": Setting(0, "random seed (trigger, subsets, initial weights, batch order)", integer(0, 2**63 - 1),
-                    "train"),
+    "seed": Setting(0, "random seed (trigger, subsets, initial weights, batch order)", integer(0), "train"),
     "amp": Setting(True, "bf16 mixed precision on CUDA (no effect on a CPU)", boolean(), "train"),
     "compile": Setting(False, "torch.compile where the method supports it (eager again if compilation fails): "
                               "speed only", boolean(), "run"),

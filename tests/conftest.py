@@ -1,10 +1,18 @@
-"""Tiny synthetic data for fast, deterministic tests (no real data set needed)."""
+"""Tiny synthetic data for fast, deterministic tests (no real data set needed), and the toy backdoored model
+that several test files defend (trained once per session, handed out as copies)."""
+import copy
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import torch
+# OpenMP's idle threads spin (GNU default) until the next parallel region: on 2 cores shared with other work a
+# spinning thread holds the core its partner waits for, and the tiny kernels of these tests crawl (the toy model
+# below: 80 s for 4 epochs with 2 threads, 12 s with passive waiting). Read once, when torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.data import Split  # noqa: E402  (importing core first sets its CPU flags before threads start)
@@ -65,3 +73,59 @@ def write_tree(root: Path, per_class: int = 3, size: int = 32, classes: int = 10
             for i in range(per_class):
                 img = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
                 cv2.imwrite(str(folder / f"{i}.png"), img)
+
+
+# -- the toy backdoored model -----------------------------------------------------------------------------------
+TOY_TARGET = 1  # not 0: a detector or vote that falls back to the first class must not pass by accident
+
+
+@dataclass(frozen=True)
+class ToyBackdoor:
+    """A width-8 ResNet-18 (4 classes, 16×16 images, eval mode) with a BadNets backdoor (3×3 patch, target
+    ``TOY_TARGET``), the clean splits it was made from and the poisoned test split (non-target, triggered)."""
+
+    model: torch.nn.Module
+    attack: object  # core.attacks.BadNets
+    train: Split  # 600 clean training images (seed 1), before poisoning: a defender's benign data
+    test: Split  # 200 clean test images (seed 2)
+    poisoned_test: Split
+
+
+def train_toy_backdoor(seed: int = 0) -> ToyBackdoor:
+    """BadNets at 20 % on 600 synthetic 16×16 images, Adam 3e-3 one-cycle, 8 epochs, flips: BA and ASR 100 on
+    this colour-coded task (for every seed tried, 0-11; see test_training). One thread: bit-identical whichever
+    test asks first (NC's module runs on one thread) and fast beside other work (tiny kernels)."""
+    from core.attacks import BadNets
+    from core.models import build_classifier
+    from core.train import train_classifier
+
+    train, test = make_synthetic(600, seed=1, size=16), make_synthetic(200, seed=2, size=16)
+    attack = BadNets(y_target=TOY_TARGET, poisoned_rate=0.2, seed=seed, image_size=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
+        train_classifier(model, attack.poison_train(train)[0], epochs=8, batch_size=32, lr=3e-3, optimizer="Adam",
+                         weight_decay=0, schedule="onecycle", augment="flip", device="cpu", seed=seed,
+                         log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    model.zero_grad(set_to_none=True)  # training leaves its last step's gradients: a defense must add none
+    return ToyBackdoor(model.eval(), attack, train, test, attack.poison_test(test))
+
+
+@pytest.fixture(scope="session")
+def toy_backdoors():
+    """A callable: each call returns a fresh deep copy of the toy backdoored model, its attack and data, trained
+    once per session. For fixtures that outlive a test (a module's cached defense run); tests take
+    ``toy_backdoor``."""
+    trained = train_toy_backdoor()
+    return lambda: copy.deepcopy(trained)
+
+
+@pytest.fixture
+def toy_backdoor(toy_backdoors) -> ToyBackdoor:
+    """This test's own copy of the toy backdoored model (see :func:`train_toy_backdoor`): whatever it does to
+    the model cannot reach another test."""
+    return toy_backdoors()

@@ -5,8 +5,11 @@ import pytest
 
 from core.config import resolve
 from core.errors import UserError
-from core.run_attack import DEFAULTS as ATTACK_DEFAULTS
+from core.run_attack import attack_job_settings
 from core.run_defense import defaults_for
+from core.settings import defaults
+
+ATTACK_DEFAULTS = defaults(attack_job_settings())
 
 REFINE_DEFAULTS = defaults_for("REFINE")
 

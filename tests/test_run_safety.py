@@ -90,7 +90,7 @@ def test_refine_never_resumes_a_unet_trained_against_another_model(data, tmp_pat
     # the same folder named explicitly for another model: refused, nothing written
     code, _, err = run_main("refine", refine(data, out, b, "--run-name", run_a.name), capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert "holds a finished run with other settings (model_path)" in err, err
+    assert "holds a finished run with other settings (model_path.sha256" in err, err
     assert snapshot(run_a) == finished
 
     # an unfinished run (it diverged in epoch 1) is not resumed with another model either
@@ -100,7 +100,7 @@ def test_refine_never_resumes_a_unet_trained_against_another_model(data, tmp_pat
     stopped = snapshot(parent / "stopped")
     code, _, err = run_main("refine", refine(data, out, b, "--run-name", "stopped", "--preset", "paper",
                                              "--lr", "1e30", "--batch-size", "8"), capsys)
-    assert code == 2 and "holds an unfinished run with other settings (model_path)" in err, err
+    assert code == 2 and "holds an unfinished run with other settings (model_path.sha256" in err, err
     assert snapshot(parent / "stopped") == stopped
 
     # by default another model gets another folder
@@ -120,7 +120,7 @@ def test_damaged_checkpoints_are_named_and_nothing_is_written(data, tmp_path, ca
                   "--schedule", "multistep", "--milestones", "1", "--gamma", "1e30")
     assert run_main("attack", argv, capsys)[0] == 2
     [run] = runs(out / "CIFAR10" / "ResNet18" / "BadNets")
-    state = run / "train_state.pth"
+    state = run / "state" / "train_state.pth"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     before = snapshot(out)
     code, _, err = run_main("attack", argv, capsys)

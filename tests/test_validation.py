@@ -112,15 +112,15 @@ BATTERY = [
     ("attack", ["--lr", "inf"], "--lr must be a number > 0, got inf"),
     ("attack", ["--width", "0"], "--width must be an integer >= 1"),
     ("attack", ["--model", "ViT", "--width", "6"], "--width must be a multiple of 4 for ViT"),
-    ("attack", ["--tlabel", "12"], "--tlabel must be an integer in [0, 9], got 12"),
-    ("attack", ["--tlabel", "-1"], "--tlabel must be an integer in [0, 9], got -1"),
+    ("attack", ["--tlabel", "12"], "--y-target must be an integer in [0, 9], got 12"),
+    ("attack", ["--tlabel", "-1"], "--y-target must be an integer in [0, 9], got -1"),
     ("attack", ["--poisoned-rate", "1.5"], "--poisoned-rate must be a number in [0, 1], got 1.5"),
     ("attack", ["--train-size", "0"], "--train-size must be an integer >= 10, got 0"),
     ("attack", ["--test-size", "3"], "--test-size must be an integer >= 10, got 3"),
     ("attack", ["--eval-every", "0"], "--eval-every must be an integer >= 1"),
     ("attack", ["--trigger", "/missing.png"], "--trigger must be an existing file, got '/missing.png'"),
     ("attack", lambda w: ["--trigger", small_trigger(w)], "--trigger must hold a 32x32 pattern"),
-    ("attack", ["--attack", "Blended", "--alpha", "2"], "--alpha must be a number in (0, 1], got 2.0"),
+    ("attack", ["--attack", "Blended", "--alpha", "2"], "--alpha must be a number in (0, 1], got 2"),
     ("attack", ["--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
     ("attack", ["--label-smoothing", "2"], "--label-smoothing must be a number in [0, 1]"),
     ("attack", ["--seed", "-1"], "--seed must be an integer >= 0"),
@@ -129,32 +129,32 @@ BATTERY = [
     ("attack", ["--attack", "WaNet", "--alpha", "0.2"], "--alpha is a setting of Blended, not of WaNet"),
     ("attack", ["--attack", "WaNet", "--wanet-k", "1"], "--wanet-k must be an integer >= 2, got 1"),
     ("attack", ["--attack", "Adaptive", "--patch-opacity", "0.5,2,0.1,0.1"],
-     "--patch-opacity must be a list of 4 numbers in [0, 1], got '0.5,2,0.1,0.1'"),
-    ("attack", ["--attack", "LC"], "LC needs a clean model of CIFAR10/ResNet18 and none was found"),
+     "--patch-opacity must be a list of 4 numbers in [0, 1], got [0.5, 2, 0.1, 0.1]"),
+    ("attack", ["--attack", "LC"], "LC needs a model of CIFAR10/ResNet18 trained by Benign and none was found"),
     ("attack", lambda w: ["--config", bad_yaml(w, "ten", "epochs: ten\n")],
      "--epochs must be an integer >= 1, got 'ten'"),
     ("attack", lambda w: ["--config", bad_yaml(w, "ms", "milestones: 5\n")], "--milestones must be a list of integers"),
     ("attack", lambda w: ["--config", bad_yaml(w, "aug", "augment: rotate\n")], "--augment must be one of"),
     ("attack", lambda w: ["--config", bad_yaml(w, "amp", "amp: maybe\n")], "--amp must be true or false"),
     ("attack", lambda w: ["--config", bad_yaml(w, "mom", "momentum: 1.5\n")],
-     "momentum (an option of the preset or --config file) must be a number in [0, 1), got 1.5"),
+     "--momentum must be a number in [0, 1), got 1.5"),
     ("refine", ["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     ("refine", ["--epochs", "-1"], "--epochs must be an integer >= 1, got -1"),
     ("refine", ["--unet-channels", "0"], "--unet-channels must be an integer >= 1, got 0"),
-    ("refine", ["--sup", "-0.1"], "--sup must be a number >= 0, got -0.1"),
-    ("refine", ["--temperature", "0"], "--temperature must be a number > 0, got 0.0"),
-    ("refine", ["--data-fraction", "0"], "--data-fraction must be a number in (0, 1], got 0.0"),
+    ("refine", ["--sup", "-0.1"], "--lam must be a number >= 0, got -0.1"),
+    ("refine", ["--temperature", "0"], "--temperature must be a number > 0, got 0"),
+    ("refine", ["--data-fraction", "0"], "--data-fraction must be a number in (0, 1], got 0"),
     ("refine", ["--data-fraction", "1.5"], "--data-fraction must be a number in (0, 1], got 1.5"),
-    ("refine", ["--tlabel", "10"], "--tlabel must be an integer in [0, 9], got 10"),
-    ("refine", ["--lr", "-1"], "--lr must be a number > 0, got -1.0"),
+    ("refine", ["--tlabel", "10"], "--y-target must be an integer in [0, 9], got 10"),
+    ("refine", ["--lr", "-1"], "--lr must be a number > 0, got -1"),
     ("refine", ["--eval-every", "0"], "--eval-every must be an integer >= 1"),
     ("refine", ["--model-path", "/missing.pth"], "--model-path must be an existing file, got '/missing.pth'"),
-    ("refine", ["--decay", "0"], "--decay must be a number > 0"),
+    ("refine", ["--decay", "0"], "--gamma must be a number > 0"),
     ("refine", ["--test-size", "5"], "--test-size must be an integer >= 10, got 5"),
     ("refine", ["--run-name", "../elsewhere"], "--run-name must be a plain name"),
     ("refine", ["--trigger", "/missing.pth"], "--trigger must be an existing file"),
     ("refine", lambda w: ["--config", bad_yaml(w, "lr", "lr: fast\n")], "--lr must be a number > 0, got 'fast'"),
-    ("refine", lambda w: ["--config", bad_yaml(w, "sup", "sup: [0.1]\n")], "--sup must be a number >= 0"),
+    ("refine", lambda w: ["--config", bad_yaml(w, "lam", "lam: [0.1]\n")], "--lam must be a number >= 0"),
 ]
 
 
@@ -200,7 +200,7 @@ def test_a_diverging_attack_stops_with_one_line_and_saves_no_model(world, tmp_pa
     assert code == 2 and err.count("\n") == 1, err
     assert "loss became nan at epoch 1, step" in err and "lower the learning rate (--lr)" in err, err
     run = only_run(out / "CIFAR10" / "ResNet18" / "BadNets")
-    assert not (run / "model.pth").exists() and not (run / "train_state.pth").exists()
+    assert not (run / "model.pth").exists() and not (run / "state" / "train_state.pth").exists()
     assert not (run.parent / "latest").exists(), "a diverged run is not the latest model"
     assert json.loads((run / "run.json").read_text())["finished"] is False
     assert "final" not in (json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {})
@@ -216,7 +216,7 @@ def test_a_run_diverging_later_keeps_its_last_good_epoch(world, tmp_path, capsys
     code, _, err = run_main("attack", argv, capsys)
     assert code == 2 and "loss became" in err and "at epoch 2, step" in err, err
     run = only_run(out / "CIFAR10" / "ResNet18" / "BadNets")
-    state = torch.load(run / "train_state.pth", weights_only=True)
+    state = torch.load(run / "state" / "train_state.pth", weights_only=True)
     assert state["epoch"] == 1, "the state of the last good epoch is kept for a resume"
     assert all(torch.isfinite(v).all() for v in state["modules"]["model"].values() if v.is_floating_point())
     metrics = json.loads((run / "metrics.json").read_text())
@@ -225,7 +225,7 @@ def test_a_run_diverging_later_keeps_its_last_good_epoch(world, tmp_path, capsys
     before = snapshot(run)
     code, _, err = run_main("attack", argv, capsys)  # the same command resumes at epoch 2 and diverges again
     assert code == 2 and "at epoch 2, step" in err, err
-    assert torch.load(run / "train_state.pth", weights_only=True)["epoch"] == 1
+    assert torch.load(run / "state" / "train_state.pth", weights_only=True)["epoch"] == 1
     assert {k: v for k, v in snapshot(run).items() if not k.endswith("log.txt")} == \
         {k: v for k, v in before.items() if not k.endswith("log.txt")}
 
@@ -240,5 +240,5 @@ def test_a_diverging_refine_stops_and_keeps_its_last_good_epoch(world, tmp_path,
     assert "loss became" in err and "at epoch 2, step" in err and "lower the learning rate (--lr)" in err, err
     run = only_run(out / "CIFAR10" / "ResNet18" / "BadNets")
     assert not (run / "defended_model.pth").exists() and not (run.parent / "latest").exists()
-    assert torch.load(run / "train_state.pth", weights_only=True)["epoch"] == 1
+    assert torch.load(run / "state" / "train_state.pth", weights_only=True)["epoch"] == 1
     assert "final" not in json.loads((run / "metrics.json").read_text())

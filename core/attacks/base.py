@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checks import existing_file, integer, number, text
+from ..checks import existing_file, integer, number
 from ..data import Split, to_float
 from ..errors import UserError
 from ..registry import Registry
@@ -42,8 +42,8 @@ register_attack = ATTACKS.register  # the decorator every attack class wears
 
 # The attack job's settings that every attack has (each attack adds its own: ``Attack.settings``).
 POISONING = {
-    "attack": Setting("BadNets", "the attack (Benign: a clean model); a name or alias of the registry", text(),
-                      "method"),
+    "attack": Setting("BadNets", "the attack (Benign: a clean model); a name or alias of the registry", None,
+                      "method"),  # checked against the registry by the job, once every attack has registered
     "y_target": Setting(0, "target label of the backdoor", integer(0), "method", aliases=("--tlabel",)),
     "poisoned_rate": Setting(None, "share of the training set poisoned (default: the attack's own: 10 %; LC 25 % "
                                    "of the target class; Adaptive 1 %)", number(0, 1, optional=True), "method",

@@ -61,6 +61,7 @@ class LabelConsistent(BadNets):
     aliases = ("LabelConsistent",)
     default_poisoned_rate = 0.25
     takes_trigger_file = True
+    reference_attack, reference_setting = "Benign", "benign_model"  # PGD runs against a clean model
     settings = {
         "lc_eps": Setting(8.0, "LC: PGD budget ε in 1/255 units", number(0, 255)),
         "lc_step": Setting(1.5, "LC: PGD step in 1/255 units", number(0, 255, lo_open=True)),
@@ -72,6 +73,9 @@ class LabelConsistent(BadNets):
     def __init__(self, *args, clean_model=None, cache_dir=None, device="cpu", **kwargs):
         super().__init__(*args, **kwargs)
         self.clean_model, self.cache_dir, self.device = clean_model, cache_dir, device
+
+    def use_reference(self, model, cache_dir, device) -> None:
+        self.clean_model, self.cache_dir, self.device = model, cache_dir, device
 
     def candidate_indices(self, labels):
         return (labels == self.y_target).nonzero().flatten()

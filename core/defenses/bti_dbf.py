@@ -20,8 +20,16 @@ normalized images to normalized images, without clamping.
    purifier, a purification UNet P trained to map x and G(x) back to x); the deployable defense is the
    original model behind a :class:`Purifier`.
 
-Only the toolkit's CIFAR ResNets (:class:`core.models.resnet.ResNet`: ResNet18/34/50) have the split
-f = h ∘ f_b implemented (:func:`features`, :func:`head`); other architectures raise a :class:`UserError`.
+f_b and h are the network's ``forward_features`` and ``forward_head`` (:func:`features`, :func:`head`), which
+every classifier of :mod:`core.models` has: the CIFAR ResNets, VGG16, DenseNet121, the ViT and torchvision's
+ImageNet ResNets. For the CNNs f_b ends with the last convolutional stage (the mask is C×h×w); for the ViT it
+is the normed token sequence (the mask is tokens × dimensions, and h reads the class token only). The
+generator G is :class:`core.models.GeneratorUNet`.
+
+Every phase runs through :func:`core.train.fit` (mixed precision, frozen modules, the divergence guard). With
+a state folder, (U) and (P) are resumable by stage (:class:`core.train.Stages`): each phase of each round is
+saved at every epoch end, so a stopped run skips the phases it finished and continues the one it was in,
+to the result of an uninterrupted run.
 
 Deviations from the authors' code (github.com/xuxiong0214/BTIDBF), each for a stated reason:
 
@@ -52,17 +60,13 @@ import torch.nn.functional as F
 from ..augment import random_crop_flip
 from ..data import Split, iterate_batches, memory_format
 from ..errors import UserError
-from ..models import Classifier
-from ..models.resnet import ResNet
+from ..models import Classifier, GeneratorUNet
 from ..seeding import derive_seed, generator
-from ..checkpoint import atomic_save
-from ..train import EpochState, autocast, fit, make_optimizer, resolve_device
+from ..train import RandomStream, Stages, autocast, fit, frozen, make_optimizer, resolve_device
 from ..checks import integer
 from ..settings import from_dataclass
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .parts import DeployedModel, Purifier
-
-SUPPORTED_MODELS = "the toolkit's CIFAR ResNets (ResNet18, ResNet34, ResNet50)"
 
 
 @dataclass
@@ -118,106 +122,38 @@ class BTIDBFConfig:
 
 
 # -- the split f = h ∘ f_b ------------------------------------------------------------------------------
-def _resnet(model: nn.Module) -> ResNet:
+def _split(model: nn.Module) -> nn.Module:
+    """``model.net`` once it is known to have the split (``forward_features``/``forward_head``)."""
     net = getattr(model, "net", None)
-    if not isinstance(model, Classifier) or not isinstance(net, ResNet):
+    if not isinstance(model, Classifier) or not all(callable(getattr(net, m, None))
+                                                    for m in ("forward_features", "forward_head")):
         name = getattr(model, "spec", {}).get("model", type(net if net is not None else model).__name__)
-        raise UserError(f"BTI-DBF needs the feature/head split of the backbone, implemented for "
-                        f"{SUPPORTED_MODELS}; got {name}")
+        raise UserError(f"BTI-DBF needs the backbone/head split of the classifier (net.forward_features and "
+                        f"net.forward_head, as every network of core.models has); got {name}")
     return net
 
 
 def features(model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
-    """f_b: normalized images N×3×H×W -> output of the last convolutional stage (``layer4``).
-
-    N×(8·width·expansion)×H/8×W/8, e.g. N×512×4×4 for a width-64 ResNet-18 on 32×32 images.
-    """
-    net = _resnet(model)
-    out = F.relu(net.bn1(net.conv1(x_normalized)))
-    return net.layer4(net.layer3(net.layer2(net.layer1(out))))
+    """f_b: normalized images N×3×H×W -> the backbone's output, ``model.net.forward_features``: the last
+    convolutional stage's N×C×h×w for the CNNs (a CIFAR ResNet's ``layer4``: N×(8·width·expansion)×H/8×W/8,
+    e.g. N×512×4×4 for a width-64 ResNet-18 on 32×32 images), the normed token sequence N×T×D for the ViT."""
+    return _split(model).forward_features(x_normalized)
 
 
 def head(model: Classifier, feats: torch.Tensor) -> torch.Tensor:
-    """h: features N×C×h×w (as :func:`features` gives) -> logits N×num_classes (avg-pool, flatten, linear)."""
-    net = _resnet(model)
-    return net.linear(torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1))
+    """h: features (as :func:`features` gives) -> logits N×num_classes, ``model.net.forward_head`` (pooling,
+    flatten, linear; the ViT's reads the class token)."""
+    return _split(model).forward_head(feats)
 
 
-def feature_shape(model: Classifier, image_shape) -> tuple[int, int, int]:
-    """C×h×w of f_b for images of shape (C, H, W)."""
-    with _frozen(model), torch.no_grad():
+def feature_shape(model: Classifier, image_shape) -> tuple[int, ...]:
+    """The shape of f_b's output for one image of shape (C, H, W): C×h×w (CNNs) or T×D (ViT)."""
+    with frozen(model), torch.no_grad():
         probe = torch.zeros(1, *image_shape, device=_device_of(model))
         return tuple(features(model, probe).shape[1:])
 
 
 # -- the generators ------------------------------------------------------------------------------------
-def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
-    """2 × (3×3 convolution, InstanceNorm with affine parameters, LeakyReLU 0.01)."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.InstanceNorm2d(out_ch, affine=True), nn.LeakyReLU(0.01),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.InstanceNorm2d(out_ch, affine=True), nn.LeakyReLU(0.01),
-    )
-
-
-class GeneratorUNet(nn.Module):
-    """BTI-DBF's trigger generator G (and purifier P): normalized images -> normalized images, same shape.
-
-    The topology of the authors' UNet (``base_filter_num=32, num_blocks=4``): ``blocks`` encoder blocks of
-    widths c, 2c, 4c, ... (c = ``channels``, capped at 512), each followed by a 2×2 max-pool; a bottleneck
-    block of twice the last width; ``blocks`` decoder stages, each a 3×3 stride-2 transposed convolution
-    (same width) + LeakyReLU, concatenation with the encoder output of that resolution, and a block.
-    Blocks: 2 × (3×3 conv, InstanceNorm, LeakyReLU). A 1×1 convolution gives the output, with no activation
-    (outputs live in normalized image space, unbounded). Instance normalization keeps no running statistics,
-    so training and eval modes compute the same function.
-
-    Input N×3×H×W with H, W ≥ 2^(blocks+1): the bottleneck runs at H/2^blocks and its instance normalization
-    needs more than one pixel (32×32 CIFAR images: blocks ≤ 4; 16×16: blocks ≤ 3). Sizes that are not
-    multiples of 2^blocks are padded back to each skip connection's size.
-    """
-
-    def __init__(self, channels: int = 32, blocks: int = 4, in_channels: int = 3, out_channels: int = 3):
-        super().__init__()
-        if blocks < 1:
-            raise ValueError(f"blocks must be at least 1, got {blocks}")
-        widths = [min(channels * 2 ** i, 512) for i in range(blocks)]
-        self.channels, self.blocks = channels, blocks
-        self.encoders = nn.ModuleList()
-        previous = in_channels
-        for width in widths:
-            self.encoders.append(_conv_block(previous, width))
-            previous = width
-        self.bottleneck = _conv_block(previous, 2 * previous)
-        previous *= 2
-        self.upsamples, self.decoders = nn.ModuleList(), nn.ModuleList()
-        for width in reversed(widths):
-            self.upsamples.append(nn.Sequential(
-                nn.ConvTranspose2d(previous, previous, 3, stride=2, padding=1, output_padding=1), nn.LeakyReLU(0.01)))
-            self.decoders.append(_conv_block(previous + width, width))
-            previous = width
-        self.out = nn.Conv2d(previous, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: N×in_channels×H×W (normalized images) -> N×out_channels×H×W."""
-        if min(x.shape[2:]) < 2 ** (self.blocks + 1):
-            raise UserError(f"BTI-DBF's generator with {self.blocks} blocks needs images of at least "
-                            f"{2 ** (self.blocks + 1)}×{2 ** (self.blocks + 1)} pixels, got "
-                            f"{x.shape[2]}×{x.shape[3]}; use fewer generator blocks")
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for upsample, decoder in zip(self.upsamples, self.decoders):
-            skip = skips.pop()
-            x = upsample(x)
-            dy, dx = skip.shape[2] - x.shape[2], skip.shape[3] - x.shape[3]
-            if dy or dx:
-                x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-            x = decoder(torch.cat([x, skip], dim=1))
-        return self.out(x)
-
-
 def build_generator(cfg: BTIDBFConfig | None = None, seed: int = 0, tag: str = "trigger") -> GeneratorUNet:
     """A freshly initialised :class:`GeneratorUNet` (CPU) of ``cfg``'s size, its weights drawn from ``seed``
     and ``tag`` only (the global random state is left as it was)."""
@@ -228,32 +164,9 @@ def build_generator(cfg: BTIDBFConfig | None = None, seed: int = 0, tag: str = "
 
 
 # -- shared machinery ----------------------------------------------------------------------------------
-class _frozen:
-    """Context: ``module`` in eval mode with ``requires_grad`` off, both restored on exit. A frozen model's
-    weights are not written and its BatchNorm layers use, and do not update, their running statistics;
-    gradients still flow through it to its input."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.module.modules()]
-        self.grads = [(p, p.requires_grad) for p in self.module.parameters()]
-        self.module.eval()
-        self.module.requires_grad_(False)
-        return self.module
-
-    def __exit__(self, *exc):
-        for m, mode in self.modes:
-            m.training = mode
-        for p, flag in self.grads:
-            p.requires_grad_(flag)
-        return False
-
-
 def _frozen_copy(model: Classifier, device: torch.device) -> Classifier:
     """A deep copy of ``model`` on ``device``, in eval mode, without gradients to its parameters."""
-    _resnet(model)
+    _split(model)
     return frozen_copy(model, device)
 
 
@@ -269,61 +182,39 @@ def _adam(params, lr: float):
     return make_optimizer(params, "adam", lr, weight_decay=0.0)
 
 
+def _stage(tag, phase: str) -> str:
+    """The stage name of a phase in a resumable run (:class:`core.train.Stages`): ``round2/mask`` for the
+    round index 1, ``<tag>/<phase>`` for a named tag."""
+    return f"round{tag + 1}/{phase}" if isinstance(tag, int) else f"{tag}/{phase}"
+
+
 def _run_epochs(name: str, epochs: int, step: Callable, optimizer, data: Split, cfg: BTIDBFConfig,
-                device: torch.device, seed: int, tags: tuple, log: Callable[[str], None], hint: str
-                ) -> dict[str, float]:
+                device: torch.device, seed: int, tags: tuple, log: Callable[[str], None], hint: str, *,
+                amp: bool, modules: dict | None = None, frozen: tuple = (), stages: Stages | None = None,
+                stage: str = "", parts: dict | None = None, scratch: tuple = ()) -> dict[str, float]:
     """``epochs`` passes of :func:`core.train.fit` over ``data`` (shuffled, random crop + flip when
-    ``cfg.augment``): ``step(x, y, mods) -> (loss, parts)`` is the forward pass, ``optimizer`` steps. The
-    phase sets its modules' modes itself. Each phase and round (``tags``) has its own random streams. Logs
-    one line; returns the mean of each part over the last epoch."""
+    ``cfg.augment``): ``step(x, y, mods) -> (loss, parts)`` is the forward pass (under fit's autocast when
+    ``amp``), ``optimizer`` steps. ``modules``: what the phase trains (training mode during its epochs);
+    ``frozen``: the modules it only reads. Each phase and round (``tags``) has its own random streams. With
+    ``stages`` the phase is the stage ``stage`` of a resumable run, saving ``parts`` (``scratch``: see
+    :class:`core.train.Stages`) at every epoch end. Logs one line; returns the mean of each part over the
+    last epoch."""
     layout = memory_format(device)
+    modules = modules or {}
 
     def prepare(x, y, extra, rng):
         if cfg.augment:
             x = random_crop_flip(x, cfg.crop_padding, generator=rng("augment"))
         return x.contiguous(memory_format=layout)
 
-    means = fit(step, {}, data.images, data.labels, optimizer=optimizer, epochs=epochs, batch_size=cfg.batch_size,
-                device=device, seed=seed, streams="bti-dbf-" + "-".join(map(str, tags)) + "-", prepare=prepare,
-                log=log, desc=f"BTI-DBF {name}", hint=hint, log_epochs=False)
+    state = stages.state(stage, parts or {}, scratch) if stages is not None else None
+    means = fit(step, modules, data.images, data.labels, optimizer=optimizer, epochs=epochs, batch_size=cfg.batch_size,
+                device=device, seed=seed, streams="bti-dbf-" + "-".join(map(str, tags)) + "-",
+                trainable=tuple(modules), frozen=frozen, prepare=prepare, amp=amp, state=state, log=log,
+                desc=f"BTI-DBF {name}", hint=hint, log_epochs=False)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
     log(f"BTI-DBF {name}: {epochs} epochs" + (f", last epoch: {summary}" if summary else ""))
     return means
-
-
-class _RoundState:
-    """BTI-DBF's resumable state, rewritten atomically (``path``) after every round: a stopped run continues
-    with the next round; the phases inside the round it was in restart (each phase and round draws its own
-    random streams, so the result is the same as an uninterrupted run). ``parts``: name -> module or
-    optimizer. A state saved with another ``fingerprint`` (the run's settings) is refused, as for
-    :class:`core.train.EpochState`."""
-
-    def __init__(self, path, fingerprint: dict | None, parts: dict):
-        self.path, self.fingerprint, self.parts = path, fingerprint or {}, parts
-
-    def load(self) -> dict | None:
-        """Restores the parts; returns ``{'rounds': done, 'target', 'votes', 'history'}`` or None."""
-        blob = EpochState.read(self.path, self.fingerprint) if self.path else None
-        if blob is None:
-            return None
-        for name, part in self.parts.items():
-            part.load_state_dict(blob["parts"][name])
-        return blob["progress"]
-
-    def save(self, rounds: int, target, votes, history) -> None:
-        if self.path:
-            progress = {"rounds": rounds, "target": target, "votes": votes, "history": history}
-            atomic_save({"fingerprint": self.fingerprint, "progress": progress,
-                         "parts": {n: p.state_dict() for n, p in self.parts.items()}}, self.path)
-
-
-def _resume(state: _RoundState, log: Callable[[str], None]) -> tuple[int, int | None, torch.Tensor | None, list]:
-    """(first round to run, detected target, votes, per-round history): from the saved state, else a new run."""
-    done = state.load()
-    if not done:
-        return 0, None, None, []
-    log(f"resuming BTI-DBF after round {done['rounds']} ({state.path})")
-    return done["rounds"], done["target"], done["votes"], done["history"]
 
 
 def _weighted(value: torch.Tensor, bound: float, high: float, low: float) -> torch.Tensor:
@@ -360,7 +251,8 @@ def decoupling_loss(model: Classifier, mask: torch.Tensor, feats: torch.Tensor, 
                     ) -> tuple[torch.Tensor, dict]:
     """L_m = CE(h(m⊙f_b(x)), y) − CE(h((1−m)⊙f_b(x)), y), and its two parts.
 
-    ``mask``: C×h×w in [0, 1]; ``feats``: f_b(x), N×C×h×w; ``y``: int64 N.
+    ``mask``: f_b's output shape (C×h×w; T×D for the ViT) in [0, 1]; ``feats``: f_b(x), N×C×h×w (N×T×D);
+    ``y``: int64 N.
     """
     kept = F.cross_entropy(head(model, mask * feats).float(), y)
     removed = F.cross_entropy(head(model, (1 - mask) * feats).float(), y)
@@ -369,14 +261,16 @@ def decoupling_loss(model: Classifier, mask: torch.Tensor, feats: torch.Tensor, 
 
 def decouple_mask(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, seed: int = 0, tag=0,
                   init_logits: torch.Tensor | None = None, amp: bool = True,
-                  log: Callable[[str], None] = print) -> torch.Tensor:
-    """Learns the benign-feature mask m: returns it detached, C×h×w with values in [0, 1], on ``model``'s device.
+                  log: Callable[[str], None] = print, stages: Stages | None = None) -> torch.Tensor:
+    """Learns the benign-feature mask m: returns it detached, of f_b's output shape (C×h×w for the CNNs, T×D
+    tokens × dimensions for the ViT) with values in [0, 1], on ``model``'s device.
 
-    ``model``: a :class:`Classifier` with a supported backbone, used frozen (eval mode; no change to its
-    weights or BatchNorm statistics; its modes are restored afterwards). ``data``: the defender's labelled
+    ``model``: a :class:`Classifier` (any network of :mod:`core.models`), used frozen (eval mode; no change to
+    its weights or BatchNorm statistics; its modes are restored afterwards). ``data``: the defender's labelled
     benign images (uint8 N×C×H×W, int64 N). ``tag``: distinguishes the random streams of repeated calls
     (rounds). ``init_logits``: w at the start (default: standard normal, drawn from ``seed`` and ``tag``).
-    Adam (``cfg.mask_lr``) for ``cfg.mask_epochs`` epochs on :func:`decoupling_loss`.
+    Adam (``cfg.mask_lr``) for ``cfg.mask_epochs`` epochs on :func:`decoupling_loss`. ``stages``: the run's
+    resumable state (stage ``round<tag + 1>/mask``).
     """
     cfg = cfg or BTIDBFConfig()
     device = _device_of(model)
@@ -384,21 +278,19 @@ def decouple_mask(model: Classifier, data: Split, cfg: BTIDBFConfig | None = Non
     shape = feature_shape(model, data.images.shape[1:])
     if init_logits is None:
         init_logits = torch.randn(shape, generator=generator(seed, "bti-dbf-mask-init", tag))
-    w = init_logits.detach().clone().float().to(device).requires_grad_(True)
+    w = nn.Parameter(init_logits.detach().clone().float().to(device))
     opt = _adam([w], cfg.mask_lr)
 
     # The authors keep the classifier in training mode here; it stays frozen in eval mode instead (see the
     # module docstring), so f_b(x) are the features the deployed model computes.
     def step(x, y, mods):
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad():
             feats = features(model, model.normalize(x)).float()  # f_b does not depend on m: no graph needed
-        with autocast(device, amp):
-            loss, parts = decoupling_loss(model, mask_from_logits(w), feats, y)
-        return loss, parts
+        return decoupling_loss(model, mask_from_logits(w), feats, y)
 
-    with _frozen(model):
-        _run_epochs(f"decoupling mask ({tag})", cfg.mask_epochs, step, opt, data, cfg, device, seed, ("mask", tag),
-                    log, "lower the mask learning rate")
+    _run_epochs(f"decoupling mask ({tag})", cfg.mask_epochs, step, opt, data, cfg, device, seed, ("mask", tag), log,
+                "lower the mask learning rate", amp=amp, frozen=(model,), stages=stages, stage=_stage(tag, "mask"),
+                parts={"logits": nn.ParameterList([w]), "optimizer": opt}, scratch=("optimizer",))
     return mask_from_logits(w.detach())
 
 
@@ -420,30 +312,31 @@ def pretrain_loss(logits_x: torch.Tensor, logits_g: torch.Tensor, feats_x: torch
 
 
 def pretrain_generator(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFConfig | None = None, *,
-                       seed: int = 0, amp: bool = True, log: Callable[[str], None] = print) -> nn.Module:
+                       seed: int = 0, amp: bool = True, log: Callable[[str], None] = print,
+                       stages: Stages | None = None) -> nn.Module:
     """Trains ``gen`` (in place, moved to ``model``'s device) toward the identity: Adam ``cfg.pretrain_lr``,
-    ``cfg.pretrain_epochs`` epochs of :func:`pretrain_loss`. ``model`` is used frozen. Returns ``gen``."""
+    ``cfg.pretrain_epochs`` epochs of :func:`pretrain_loss`. ``model`` is used frozen. ``stages``: the run's
+    resumable state (stage ``pretrain``). Returns ``gen``, in eval mode."""
     cfg = cfg or BTIDBFConfig()
     device = _device_of(model)
     data = _on_device(data, device)
-    gen.to(device).to(memory_format=memory_format(device)).train()
+    gen.to(device).to(memory_format=memory_format(device))
     opt = _adam(gen.parameters(), cfg.pretrain_lr)
 
     def step(x, y, mods):
         xn = model.normalize(x)
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad():
             feats_x = features(model, xn)
             logits_x = head(model, feats_x)
-        with autocast(device, amp):
-            g = gen(xn)
-            feats_g = features(model, g)
-            logits_g = head(model, feats_g)
-        loss, parts = pretrain_loss(logits_x, logits_g, feats_x, feats_g, xn, g, cfg)
-        return loss, parts
+        g = mods["generator"](xn)
+        feats_g = features(model, g)
+        logits_g = head(model, feats_g)
+        return pretrain_loss(logits_x, logits_g, feats_x, feats_g, xn, g, cfg)
 
-    with _frozen(model):
-        _run_epochs("generator pre-training (identity)", cfg.pretrain_epochs, step, opt, data, cfg, device, seed,
-                    ("pretrain",), log, "lower the pre-training learning rate")
+    _run_epochs("generator pre-training (identity)", cfg.pretrain_epochs, step, opt, data, cfg, device, seed,
+                ("pretrain",), log, "lower the pre-training learning rate", amp=amp, modules={"generator": gen},
+                frozen=(model,), stages=stages, stage="pretrain", parts={"generator": gen, "optimizer": opt},
+                scratch=("optimizer",))
     gen.eval()
     return gen
 
@@ -464,33 +357,35 @@ def inversion_loss(l_norm: torch.Tensor, l_ben: torch.Tensor, l_bd: torch.Tensor
 def train_generator(model: Classifier, gen: nn.Module, mask: torch.Tensor, data: Split,
                     cfg: BTIDBFConfig | None = None, *, target: int | None = None, through: nn.Module | None = None,
                     epochs: int | None = None, optimizer: torch.optim.Optimizer | None = None, seed: int = 0,
-                    tag=0, amp: bool = True, log: Callable[[str], None] = print) -> nn.Module:
+                    tag=0, amp: bool = True, log: Callable[[str], None] = print,
+                    stages: Stages | None = None) -> nn.Module:
     """Trigger inversion: trains ``gen`` (in place, moved to ``model``'s device) against the frozen ``model``.
 
     Per batch (normalized x; x̂ = G(x), or P(G(x)) with ``through`` = P, a frozen module applied after G):
     L_ben = MSE(m⊙f_b(x̂), m⊙f_b(x)), L_bd = MSE((1−m)⊙f_b(x̂), (1−m)⊙f_b(x)), L_norm = MSE(x̂, x);
     loss = :func:`inversion_loss`, plus ``cfg.target_weight`` · CE(f(x̂), ``target``) when ``target`` is given
-    ((U) and (P) from the second round on). ``mask``: C×h×w in [0, 1]. ``epochs``: default
-    ``cfg.inversion_epochs``. ``optimizer``: an optimizer over ``gen``'s parameters to continue with (default:
-    a new Adam, lr ``cfg.generator_lr``). ``tag``: the round, for distinct random streams. Returns ``gen``.
+    ((U) and (P) from the second round on). ``mask``: f_b's output shape (C×h×w; T×D for the ViT) in [0, 1].
+    ``epochs``: default ``cfg.inversion_epochs``. ``optimizer``: an optimizer over ``gen``'s parameters to
+    continue with (default: a new Adam, lr ``cfg.generator_lr``). ``tag``: the round, for distinct random
+    streams. ``stages``: the run's resumable state (stage ``round<tag + 1>/invert``). Returns ``gen``, in eval
+    mode.
     """
     cfg = cfg or BTIDBFConfig()
     device = _device_of(model)
     data = _on_device(data, device)
     epochs = cfg.inversion_epochs if epochs is None else epochs
-    gen.to(device).to(memory_format=memory_format(device)).train()
+    gen.to(device).to(memory_format=memory_format(device))
     opt = optimizer or _adam(gen.parameters(), cfg.generator_lr)
     m = mask.to(device).float()
     post = through if through is not None else nn.Identity()
 
     def step(x, y, mods):
         xn = model.normalize(x)
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad():
             fx = features(model, xn).float()
-        with autocast(device, amp):
-            g = post(gen(xn))
-            fg = features(model, g)
-            logits_g = head(model, fg) if target is not None else None
+        g = post(mods["generator"](xn))
+        fg = features(model, g)
+        logits_g = head(model, fg) if target is not None else None
         fg = fg.float()
         l_ben = F.mse_loss(m * fg, m * fx)
         l_bd = F.mse_loss((1 - m) * fg, (1 - m) * fx)
@@ -504,9 +399,10 @@ def train_generator(model: Classifier, gen: nn.Module, mask: torch.Tensor, data:
             parts["target_ce"] = l_target.detach()
         return loss, parts
 
-    with _frozen(model), _frozen(post):
-        _run_epochs(f"trigger inversion ({tag})", epochs, step, opt, data, cfg, device, seed, ("invert", tag), log,
-                    "lower the generator learning rate")
+    _run_epochs(f"trigger inversion ({tag})", epochs, step, opt, data, cfg, device, seed, ("invert", tag), log,
+                "lower the generator learning rate", amp=amp, modules={"generator": gen}, frozen=(model, post),
+                stages=stages, stage=_stage(tag, "invert"), parts={"generator": gen, "optimizer": opt},
+                scratch=() if optimizer is not None else ("optimizer",))
     gen.eval()
     return gen
 
@@ -524,7 +420,7 @@ def detect_target(model: Classifier, gen: nn.Module, data: Split, *, noise: floa
     device = _device_of(model)
     noise_gen = generator(seed, "bti-dbf-vote-noise", device=device)
     votes = None
-    with _frozen(model), _frozen(gen), torch.inference_mode():
+    with frozen(model, gen), torch.inference_mode():
         for x, _ in iterate_batches(data.images, data.labels, batch_size, device):
             xn = model.normalize(x.contiguous(memory_format=memory_format(device)))
             eps = torch.randn(xn.shape, generator=noise_gen, device=device, dtype=xn.dtype)
@@ -538,11 +434,14 @@ def detect_target(model: Classifier, gen: nn.Module, data: Split, *, noise: floa
     return int(votes.argmax()), votes
 
 
-def _vote(frozen, gen, data, cfg, seed, amp, log) -> tuple[int, torch.Tensor]:
-    target, votes = detect_target(frozen, gen, data, noise=cfg.vote_noise, batch_size=cfg.batch_size, seed=seed,
-                                  amp=amp)
+def _vote(model, gen, data, cfg, seed, amp, log, stages: Stages | None = None) -> tuple[int, torch.Tensor]:
+    """:func:`detect_target` with ``cfg``'s noise and batch size, as the stage ``vote`` of a resumable run."""
+    def vote():
+        return detect_target(model, gen, data, noise=cfg.vote_noise, batch_size=cfg.batch_size, seed=seed, amp=amp)
+
+    target, votes = stages.once("vote", vote) if stages is not None else vote()
     log(f"BTI-DBF target vote: class {target} (votes per class {votes.tolist()})")
-    return target, votes
+    return int(target), votes
 
 
 def invert_trigger(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
@@ -550,19 +449,19 @@ def invert_trigger(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
     """BTI-DBF's trigger inversion on a frozen copy of ``model``: mask, identity pre-training, inversion, vote.
 
     ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64 N). Returns (G in eval mode on
-    ``device``, mask C×h×w in [0, 1], info ``{'target': int, 'votes': int64 tensor (num_classes)}``).
-    ``model`` is not modified.
+    ``device``, mask of f_b's output shape (C×h×w; T×D for the ViT) in [0, 1], info ``{'target': int,
+    'votes': int64 tensor (num_classes)}``). ``model`` is not modified.
     """
     cfg = cfg or BTIDBFConfig()
     device = resolve_device(device)
-    frozen = _frozen_copy(model, device)
+    frozen_model = _frozen_copy(model, device)
     data = _on_device(data, device)
     log("BTI-DBF: trigger inversion")
-    mask = decouple_mask(frozen, data, cfg, seed=seed, tag=0, amp=amp, log=log)
+    mask = decouple_mask(frozen_model, data, cfg, seed=seed, tag=0, amp=amp, log=log)
     gen = build_generator(cfg, seed)
-    pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
-    train_generator(frozen, gen, mask, data, cfg, seed=seed, tag=0, amp=amp, log=log)
-    target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
+    pretrain_generator(frozen_model, gen, data, cfg, seed=seed, amp=amp, log=log)
+    train_generator(frozen_model, gen, mask, data, cfg, seed=seed, tag=0, amp=amp, log=log)
+    target, votes = _vote(frozen_model, gen, data, cfg, seed, amp, log)
     return gen, mask, {"target": target, "votes": votes}
 
 
@@ -571,9 +470,9 @@ def unlearning_loss(logits_mix: torch.Tensor, feats_mix: torch.Tensor, feats_cle
                     feature_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """CE(f(x_mix), y) + ``feature_weight`` · MSE(f_b(x_mix), f_b(x)), with f_b(x) detached.
 
-    ``logits_mix``: N×K; ``feats_mix``/``feats_clean``: N×C×h×w; ``y``: the true labels, int64 N.
-    f_b(x) is the anchor: the term is meant to pull the features of the inverted poisoned images G(x) to
-    those of their clean sources. With a gradient through f_b(x) too (the authors' code) the clean features
+    ``logits_mix``: N×K; ``feats_mix``/``feats_clean``: N×C×h×w (N×T×D for the ViT); ``y``: the true labels,
+    int64 N. f_b(x) is the anchor: the term is meant to pull the features of the inverted poisoned images G(x)
+    to those of their clean sources. With a gradient through f_b(x) too (the authors' code) the clean features
     are pulled just as much toward those of G(x), i.e. toward the backdoor features the step should remove.
     """
     l_ce = F.cross_entropy(logits_mix.float(), y)
@@ -582,32 +481,29 @@ def unlearning_loss(logits_mix: torch.Tensor, feats_mix: torch.Tensor, feats_cle
 
 
 def _unlearn_epochs(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFConfig, opt, *, seed: int, tag,
-                    amp: bool, log) -> dict[str, float]:
+                    amp: bool, log, stages: Stages | None = None) -> dict[str, float]:
     """Fine-tunes ``model`` in place (training mode, as the authors) for ``cfg.unlearn_epochs`` epochs of
-    :func:`unlearning_loss` with ``opt``; x_mix: :func:`_mix` of the batch with the frozen G."""
+    :func:`unlearning_loss` with ``opt``; x_mix: :func:`_mix` of the batch with the frozen G. Stage
+    ``round<tag + 1>/unlearn`` of ``stages``."""
     device = _device_of(model)
     mix_gen = generator(seed, "bti-dbf-unlearn-mix", tag, device=device)
 
     def step(x, y, mods):
-        xn = model.normalize(x)
-        with autocast(device, amp):
-            x_mix = _mix(xn, gen, cfg, mix_gen)
-            # the anchor: same model and (training) mode as the mixed batch, so the unmixed rows match up to
-            # BatchNorm's batch statistics; no gradient (see unlearning_loss)
-            with torch.no_grad():
-                anchor = features(model, xn)
-            f_mix = features(model, x_mix)
-            logits = head(model, f_mix)
-        loss, parts = unlearning_loss(logits, f_mix, anchor, y, cfg.unlearn_feature_weight)
-        return loss, parts
+        net = mods["model"]
+        xn = net.normalize(x)
+        x_mix = _mix(xn, gen, cfg, mix_gen)
+        # the anchor: same model and (training) mode as the mixed batch, so the unmixed rows match up to
+        # BatchNorm's batch statistics; no gradient (see unlearning_loss)
+        with torch.no_grad():
+            anchor = features(net, xn)
+        f_mix = features(net, x_mix)
+        logits = head(net, f_mix)
+        return unlearning_loss(logits, f_mix, anchor, y, cfg.unlearn_feature_weight)
 
-    model.train()
-    try:
-        with _frozen(gen):
-            return _run_epochs(f"unlearning ({tag})", cfg.unlearn_epochs, step, opt, data, cfg, device, seed,
-                               ("unlearn", tag), log, "lower the unlearning learning rate")
-    finally:
-        model.eval()
+    return _run_epochs(f"unlearning ({tag})", cfg.unlearn_epochs, step, opt, data, cfg, device, seed,
+                       ("unlearn", tag), log, "lower the unlearning learning rate", amp=amp,
+                       modules={"model": model}, frozen=(gen,), stages=stages, stage=_stage(tag, "unlearn"),
+                       parts={"model": model, "optimizer": opt, "mix": RandomStream(mix_gen)}, scratch=("mix",))
 
 
 def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, device=None, seed: int = 0,
@@ -615,43 +511,44 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
                     fingerprint: dict | None = None) -> tuple[Classifier, dict]:
     """BTI-DBF(U): returns (a repaired deep copy of ``model``, in eval mode on ``device``; info).
 
-    ``model``: a :class:`Classifier` (images in [0, 1]) with a supported backbone; never modified (weights,
-    BatchNorm buffers, modes). ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64 N).
-    ``cfg.rounds`` rounds, each on the current repaired model: a fresh mask (``cfg.mask_epochs``), G trained
+    ``model``: a :class:`Classifier` (images in [0, 1]; any network of :mod:`core.models`); never modified
+    (weights, BatchNorm buffers, modes). ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64
+    N). ``cfg.rounds`` rounds, each on the current repaired model: a fresh mask (``cfg.mask_epochs``), G trained
     further (``cfg.inversion_epochs``; from the second round on with the target term), then
     ``cfg.unlearn_epochs`` epochs of fine-tuning (:func:`unlearning_loss`, Adam ``cfg.unlearn_lr``). G is
     pre-trained toward the identity once, before the first round's inversion, and the target is voted after
     it. As in the authors' code, one Adam for G and one for the model carry over all rounds. With
-    ``state_path`` the run resumes after its last finished round (see :class:`_RoundState`).
+    ``state_path`` (a folder) the run is resumable: every phase is a stage of :class:`core.train.Stages`
+    (``round1/mask``, ``pretrain``, ``round1/invert``, ``vote``, ``round1/unlearn``, ``round2/mask``, ...)
+    saved at each epoch end; a stopped run skips the finished phases and continues the one it was in.
 
     info: ``{'target': int, 'votes': int64 tensor (num_classes), 'rounds': [last-epoch mean losses per round]}``.
     """
     cfg = cfg or BTIDBFConfig()
     _check_rounds(cfg, "BTI-DBF(U)")
     device = resolve_device(device)
-    _resnet(model)
+    _split(model)
     data = _on_device(data, device)
     repaired = copy.deepcopy(model).to(device).to(memory_format=memory_format(device))
     repaired.requires_grad_(True)
     opt_model = _adam(repaired.parameters(), cfg.unlearn_lr)
     gen = build_generator(cfg, seed).to(device)
     opt_gen = _adam(gen.parameters(), cfg.generator_lr)
-    state = _RoundState(state_path, fingerprint, {"model": repaired, "generator": gen, "model_optimizer": opt_model,
-                                                   "generator_optimizer": opt_gen})
-    start, target, votes, history = _resume(state, log)
-    for r in range(start, cfg.rounds):
+    stages = Stages(state_path, fingerprint)
+    target, votes, history = None, None, []
+    for r in range(cfg.rounds):
         log(f"BTI-DBF(U) round {r + 1}/{cfg.rounds}")
-        frozen = _frozen_copy(repaired, device)
-        mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
+        frozen_model = _frozen_copy(repaired, device)
+        mask = decouple_mask(frozen_model, data, cfg, seed=seed, tag=r, amp=amp, log=log, stages=stages)
         if r == 0:
-            pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
-        train_generator(frozen, gen, mask, data, cfg, target=target, optimizer=opt_gen, seed=seed, tag=r, amp=amp,
-                        log=log)
+            pretrain_generator(frozen_model, gen, data, cfg, seed=seed, amp=amp, log=log, stages=stages)
+        train_generator(frozen_model, gen, mask, data, cfg, target=target, optimizer=opt_gen, seed=seed, tag=r,
+                        amp=amp, log=log, stages=stages)
         if r == 0:
-            target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
-        del frozen
-        history.append(_unlearn_epochs(repaired, gen, data, cfg, opt_model, seed=seed, tag=r, amp=amp, log=log))
-        state.save(r + 1, target, votes, history)
+            target, votes = _vote(frozen_model, gen, data, cfg, seed, amp, log, stages)
+        del frozen_model
+        history.append(_unlearn_epochs(repaired, gen, data, cfg, opt_model, seed=seed, tag=r, amp=amp, log=log,
+                                       stages=stages))
     repaired.eval().requires_grad_(False)
     return repaired, {"target": target, "votes": votes, "rounds": history, "generator": gen.eval()}
 
@@ -676,7 +573,8 @@ def purification_loss(logits_p: torch.Tensor, feats_p: torch.Tensor, feats_x: to
 
 def train_purifier(model: Classifier, purifier_unet: nn.Module, gen: nn.Module, data: Split,
                    cfg: BTIDBFConfig | None = None, *, optimizer: torch.optim.Optimizer | None = None, seed: int = 0,
-                   tag=0, amp: bool = True, log: Callable[[str], None] = print) -> nn.Module:
+                   tag=0, amp: bool = True, log: Callable[[str], None] = print,
+                   stages: Stages | None = None) -> nn.Module:
     """Trains ``purifier_unet`` P (normalized -> normalized images; in place, moved to ``model``'s device)
     against the frozen ``model`` and the frozen trigger generator ``gen``, ``cfg.purify_epochs`` epochs.
 
@@ -684,40 +582,45 @@ def train_purifier(model: Classifier, purifier_unet: nn.Module, gen: nn.Module, 
     (ε ~ N(0, 1)); loss :func:`purification_loss` of P(x̃) against the clean x and the true labels y.
     P is trained without the [0, 1] clamp that :class:`Purifier` applies when deployed (everything stays in
     normalized space, as for G); the pixel term keeps its outputs near valid images, so the clamp changes
-    little. ``optimizer``: one to continue with (default: a new Adam, lr ``cfg.purify_lr``). Returns
+    little. ``optimizer``: one to continue with (default: a new Adam, lr ``cfg.purify_lr``). ``stages``: the
+    run's resumable state (stage ``round<tag + 1>/purify``, or ``<tag>/purify`` for a named tag). Returns
     ``purifier_unet`` in eval mode.
     """
-    _purify_epochs(model, purifier_unet, gen, data, cfg, optimizer=optimizer, seed=seed, tag=tag, amp=amp, log=log)
+    _purify_epochs(model, purifier_unet, gen, data, cfg, optimizer=optimizer, seed=seed, tag=tag, amp=amp, log=log,
+                   stages=stages)
     return purifier_unet
 
 
-def _purify_epochs(model, purifier_unet, gen, data, cfg, *, optimizer, seed, tag, amp, log) -> dict[str, float]:
+def _purify_epochs(model, purifier_unet, gen, data, cfg, *, optimizer, seed, tag, amp, log,
+                   stages: Stages | None = None) -> dict[str, float]:
     """:func:`train_purifier`'s loop; returns the last epoch's mean losses."""
     cfg = cfg or BTIDBFConfig()
     device = _device_of(model)
     data = _on_device(data, device)
-    purifier_unet.to(device).to(memory_format=memory_format(device)).train()
+    purifier_unet.to(device).to(memory_format=memory_format(device))
     opt = optimizer or _adam(purifier_unet.parameters(), cfg.purify_lr)
     mix_gen = generator(seed, "bti-dbf-purify-mix", tag, device=device)
     noise_gen = generator(seed, "bti-dbf-purify-noise", tag, device=device)
 
     def step(x, y, mods):
         xn = model.normalize(x)
-        with autocast(device, amp):
-            noisy = _mix(xn, gen, cfg, mix_gen)
-            noisy = noisy + cfg.purify_noise * torch.randn(xn.shape, generator=noise_gen, device=device,
-                                                           dtype=noisy.dtype)
-            with torch.no_grad():
-                feats_x = features(model, xn)
-            p = purifier_unet(noisy)
-            feats_p = features(model, p)
-            logits_p = head(model, feats_p)
-        loss, parts = purification_loss(logits_p, feats_p, feats_x, p, xn, y, cfg)
-        return loss, parts
+        noisy = _mix(xn, gen, cfg, mix_gen)
+        noisy = noisy + cfg.purify_noise * torch.randn(xn.shape, generator=noise_gen, device=device,
+                                                       dtype=noisy.dtype)
+        with torch.no_grad():
+            feats_x = features(model, xn)
+        p = mods["purifier"](noisy)
+        feats_p = features(model, p)
+        logits_p = head(model, feats_p)
+        return purification_loss(logits_p, feats_p, feats_x, p, xn, y, cfg)
 
-    with _frozen(model), _frozen(gen):
-        means = _run_epochs(f"purifier training ({tag})", cfg.purify_epochs, step, opt, data, cfg, device, seed,
-                            ("purify", tag), log, "lower the purifier learning rate")
+    means = _run_epochs(f"purifier training ({tag})", cfg.purify_epochs, step, opt, data, cfg, device, seed,
+                        ("purify", tag), log, "lower the purifier learning rate", amp=amp,
+                        modules={"purifier": purifier_unet}, frozen=(model, gen), stages=stages,
+                        stage=_stage(tag, "purify"),
+                        parts={"purifier": purifier_unet, "optimizer": opt, "mix": RandomStream(mix_gen),
+                               "noise": RandomStream(noise_gen)},
+                        scratch=("mix", "noise") + (() if optimizer is not None else ("optimizer",)))
     purifier_unet.eval()
     return means
 
@@ -732,35 +635,38 @@ def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
     ``cfg.rounds`` rounds of: a fresh mask; G trained further (from the second round on through the current
     P, x̂ = P(G(x)), and with the target term); P trained by :func:`train_purifier`. The target is voted after
     the first round's inversion (with G alone). One Adam for G and one for P carry over all rounds. With
-    ``state_path`` the run resumes after its last finished round (see :class:`_RoundState`).
+    ``state_path`` (a folder) the run is resumable by stage, as :func:`bti_dbf_unlearn` (stages
+    ``round1/mask``, ``pretrain``, ``purifier-init``, ``round1/invert``, ``vote``, ``round1/purify``, ...).
 
     info: ``{'target': int, 'votes': int64 tensor (num_classes), 'rounds': [last-epoch mean losses of P]}``.
     """
     cfg = cfg or BTIDBFConfig()
     _check_rounds(cfg, "BTI-DBF(P)")
     device = resolve_device(device)
-    frozen = _frozen_copy(model, device)
+    frozen_model = _frozen_copy(model, device)
     data = _on_device(data, device)
     gen = build_generator(cfg, seed).to(device)
     opt_gen = _adam(gen.parameters(), cfg.generator_lr)
     unet = build_generator(cfg, seed).to(device)  # P: overwritten by a copy of the pre-trained G in round 1
     opt_unet = _adam(unet.parameters(), cfg.purify_lr)
-    state = _RoundState(state_path, fingerprint, {"purifier": unet, "generator": gen, "purifier_optimizer": opt_unet,
-                                                   "generator_optimizer": opt_gen})
-    start, target, votes, history = _resume(state, log)
-    for r in range(start, cfg.rounds):
+    stages = Stages(state_path, fingerprint)
+
+    def start_purifier_from_generator():
+        unet.load_state_dict(gen.state_dict())
+
+    target, votes, history = None, None, []
+    for r in range(cfg.rounds):
         log(f"BTI-DBF(P) round {r + 1}/{cfg.rounds}")
-        mask = decouple_mask(frozen, data, cfg, seed=seed, tag=r, amp=amp, log=log)
+        mask = decouple_mask(frozen_model, data, cfg, seed=seed, tag=r, amp=amp, log=log, stages=stages)
         if r == 0:
-            pretrain_generator(frozen, gen, data, cfg, seed=seed, amp=amp, log=log)
-            unet.load_state_dict(gen.state_dict())
-        train_generator(frozen, gen, mask, data, cfg, target=target, through=unet if r > 0 else None,
-                        optimizer=opt_gen, seed=seed, tag=r, amp=amp, log=log)
+            pretrain_generator(frozen_model, gen, data, cfg, seed=seed, amp=amp, log=log, stages=stages)
+            stages.once("purifier-init", start_purifier_from_generator, parts={"purifier": unet})
+        train_generator(frozen_model, gen, mask, data, cfg, target=target, through=unet if r > 0 else None,
+                        optimizer=opt_gen, seed=seed, tag=r, amp=amp, log=log, stages=stages)
         if r == 0:
-            target, votes = _vote(frozen, gen, data, cfg, seed, amp, log)
-        history.append(_purify_epochs(frozen, unet, gen, data, cfg, optimizer=opt_unet, seed=seed, tag=r, amp=amp,
-                                      log=log))
-        state.save(r + 1, target, votes, history)
+            target, votes = _vote(frozen_model, gen, data, cfg, seed, amp, log, stages)
+        history.append(_purify_epochs(frozen_model, unet, gen, data, cfg, optimizer=opt_unet, seed=seed, tag=r,
+                                      amp=amp, log=log, stages=stages))
     unet.eval().requires_grad_(False)
     purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise).to(device).eval()
     return purifier, {"target": target, "votes": votes, "rounds": history, "generator": gen.eval()}
@@ -780,7 +686,7 @@ BTI_DBF_SETTINGS.update({key: replace(BTI_DBF_SETTINGS[key], check=integer(1))
 
 
 def _resumable(ctx: FitContext) -> dict:
-    return {"state_path": ctx.state_path("train_state.pth"), "fingerprint": ctx.fingerprint}
+    return {"state_path": ctx.state_path("bti-dbf"), "fingerprint": ctx.fingerprint}
 
 
 class _BTIDBFDefense(Defense):
