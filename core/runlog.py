@@ -367,7 +367,7 @@ def _acquire(folder: Path, wait: bool, log, created: list) -> int | None:
                 if log is not None and not waited:
                     log(f"{folder} is in use by another process ({holder}); waiting for it to end")
                 waited = True
-                raise UserError("x")
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             os.close(fd)
             if exc.errno not in _NO_FLOCK:

@@ -99,14 +99,14 @@ def train_toy_backdoor(seed: int = 0) -> ToyBackdoor:
     from core.models import build_classifier
     from core.train import train_classifier
 
-    train, test = make_synthetic(600, seed=1, size=16), make_synthetic(200, seed=2, size=16)
+    train, test = make_synthetic(int(os.environ.get("TOY_N", 600)), seed=1, size=16), make_synthetic(200, seed=2, size=16)
     attack = BadNets(y_target=TOY_TARGET, poisoned_rate=0.2, seed=seed, image_size=16)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
         model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
-        train_classifier(model, attack.poison_train(train)[0], epochs=8, batch_size=32, lr=3e-3, optimizer="Adam",
+        train_classifier(model, attack.poison_train(train)[0], epochs=int(os.environ.get("TOY_EPOCHS", 8)), batch_size=32, lr=3e-3, optimizer="Adam",
                          weight_decay=0, schedule="onecycle", augment="flip", device="cpu", seed=seed,
                          log=lambda m: None)
     finally:

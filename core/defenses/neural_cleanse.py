@@ -17,7 +17,9 @@ up to 1000 epochs and stops early on a stalled norm); a class's best mask is jud
 the end of the epoch (NC compares the epoch's average regularisation loss but also keeps the end-of-epoch
 mask); images are in [0, 1] (the model's normalisation lives in :class:`core.models.Classifier`).
 ``NCConfig.classes_per_pass`` > 1 optimises several classes in one batched forward (the same result, fewer
-and larger kernel calls); all classes see the same batch order.
+and larger kernel calls); all classes see the same batch order. The optimisation runs through
+:func:`core.train.fit` (its seeded shuffle, its divergence guard; the λ schedule at each epoch's end), and each
+group of classes is a stage of a resumable run (:class:`core.train.Stages`).
 """
 from __future__ import annotations
 
@@ -28,13 +30,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from ..data import Split, to_float
+from ..data import Split
 from ..errors import UserError
 from ..seeding import generator
-from ..checkpoint import atomic_save
-from ..train import EpochState, resolve_device
+from ..train import Stages, fit, frozen, resolve_device
 from ..checks import integer, number
 from ..settings import Setting
 from .base import Defense, FitContext, defender_share, register_defense
@@ -49,7 +49,6 @@ class NCConfig:
     """Neural Cleanse's hyper-parameters (defaults: NC's code, except far fewer epochs)."""
 
     epochs: int = 10  # optimisation epochs per class (NC: up to 1000 with early stopping)
-    steps_per_epoch: int | None = None  # None: one pass over the clean images, ceil(N / batch_size) steps
     batch_size: int = 128
     lr: float = 0.1  # Adam's learning rate on w_m and w_p
     betas: tuple[float, float] = (0.5, 0.9)  # Adam's betas in NC's code
@@ -65,7 +64,6 @@ class NCConfig:
     def validated(self) -> "NCConfig":
         """Itself, or a UserError naming the first setting out of range."""
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
-                  ("steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1),
                   ("init_cost", self.init_cost >= 0), ("cost_multiplier", self.cost_multiplier > 1),
                   ("patience", self.patience >= 1), ("success_threshold", 0 < self.success_threshold <= 1),
                   ("anomaly_threshold", self.anomaly_threshold > 0),
@@ -183,39 +181,20 @@ def flagged_classes(indices: torch.Tensor, threshold: float = 2.0) -> list[int]:
     return [c for c in indices.argsort(descending=True, stable=True).tolist() if indices[c] > threshold]
 
 
-def _frozen_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward with its parameters detached: gradients reach the input, never the weights.
-
-    Why ``torch.func.functional_call`` with detached parameters rather than the alternatives: toggling
-    ``requires_grad`` off and back mutates the caller's model (an exception or a shared model in another
-    thread could see it half-way), and a deepcopy doubles the model's memory. Detached tensors share the
-    weights' storage, so nothing is copied, the model's flags are never touched, and autograd skips every
-    weight gradient (a faster backward than computing and discarding them). Buffers are the model's own;
-    the caller keeps the model in eval mode so that BatchNorm reads them and never writes.
-    """
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    return lambda x: torch.func.functional_call(model, params, (x,))
-
-
-def _initial_weights(targets: list[int], channels: int, height: int, width: int, seed: int, device):
-    """Seeded w_m (G×H×W) and w_p (G×C×H×W) for a group of G classes. Each class draws from its own stream, so
-    its start does not depend on how the classes are grouped. NC starts from a uniformly random mask and pattern
-    in [0, 1], taken back through the tanh parameterisation (clamped off the saturated, gradient-free ends)."""
+def _initial_weights(targets: list[int], channels: int, height: int, width: int, seed: int, device
+                     ) -> nn.ParameterDict:
+    """Seeded w_m (``mask``, G×H×W) and w_p (``pattern``, G×C×H×W) for a group of G classes. Each class draws
+    from its own stream, so its start does not depend on how the classes are grouped. NC starts from a uniformly
+    random mask and pattern in [0, 1], taken back through the tanh parameterisation (clamped off the saturated,
+    gradient-free ends)."""
     to_w = lambda v: torch.atanh((2 * v - 1).clamp(-0.999, 0.999))  # noqa: E731 - inverse of tanh(w)/2 + 1/2
     masks, patterns = [], []
     for target in targets:
         g = generator(seed, "neural-cleanse-init", target)
         masks.append(to_w(torch.rand(height, width, generator=g)))
         patterns.append(to_w(torch.rand(channels, height, width, generator=g)))
-    return torch.stack(masks).to(device).requires_grad_(), torch.stack(patterns).to(device).requires_grad_()
-
-
-def _epoch_order(n: int, batch_size: int, steps: int, g: torch.Generator) -> list[torch.Tensor]:
-    """Index batches for one epoch: consecutive slices of fresh random permutations, enough for ``steps``
-    batches of ``batch_size`` (the last one shorter only when the epoch is one pass over the images)."""
-    passes = math.ceil(steps * batch_size / n)
-    order = torch.cat([torch.randperm(n, generator=g) for _ in range(passes)])
-    return [order[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
+    return nn.ParameterDict({"mask": nn.Parameter(torch.stack(masks).to(device)),
+                             "pattern": nn.Parameter(torch.stack(patterns).to(device))})
 
 
 class _CostSchedule:
@@ -236,6 +215,49 @@ class _CostSchedule:
             self.cost /= self.config.cost_multiplier ** 1.5
 
 
+class _TriggerSearch:
+    """What the optimisation of a group of classes carries from one epoch to the next besides w_m, w_p and
+    Adam: each class's λ schedule, its best trigger (the smallest mask among the epochs whose success reached
+    the threshold) and its last one. Saved with them in a resumable run (``state_dict``/``load_state_dict``)."""
+
+    def __init__(self, targets: list[int], config: NCConfig, device):
+        self.config = config
+        self.schedules = [_CostSchedule(config) for _ in targets]
+        self.best: list[InvertedTrigger | None] = [None] * len(targets)
+        self.last: list[InvertedTrigger | None] = [None] * len(targets)
+        self.costs = torch.tensor([s.cost for s in self.schedules], device=device)  # λ of each class, on the device
+
+    def end_epoch(self, successes: list[float], weights: nn.ParameterDict) -> None:
+        """Records the epoch's triggers (``successes``: each class's attack success, 0..1) and moves each λ."""
+        with torch.no_grad():
+            masks, patterns = (t.cpu() for t in mask_and_pattern(weights["mask"], weights["pattern"]))
+        for g, schedule in enumerate(self.schedules):
+            reached = successes[g] >= self.config.success_threshold
+            self.last[g] = InvertedTrigger(masks[g].clone(), patterns[g].clone(), float(masks[g].sum()), successes[g],
+                                           reached, schedule.cost)
+            if reached and (self.best[g] is None or self.last[g].norm < self.best[g].norm):
+                self.best[g] = self.last[g]
+            schedule.update(reached)
+        self.costs = torch.tensor([s.cost for s in self.schedules], device=self.costs.device)
+
+    def chosen(self) -> list[InvertedTrigger]:
+        """Each class's best trigger, or its last one (marked reached=False) when no epoch reached the threshold;
+        ``cost``: λ at the end."""
+        return [replace(b or l, cost=s.cost) for b, l, s in zip(self.best, self.last, self.schedules)]
+
+    def state_dict(self) -> dict:
+        return {"schedules": [[s.cost, s.up_counter, s.down_counter] for s in self.schedules],
+                "best": [asdict(t) if t is not None else None for t in self.best],
+                "last": [asdict(t) if t is not None else None for t in self.last]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for schedule, (cost, up, down) in zip(self.schedules, state["schedules"]):
+            schedule.cost, schedule.up_counter, schedule.down_counter = cost, up, down
+        self.best = [InvertedTrigger(**t) if t is not None else None for t in state["best"]]
+        self.last = [InvertedTrigger(**t) if t is not None else None for t in state["last"]]
+        self.costs = torch.tensor([s.cost for s in self.schedules], device=self.costs.device)
+
+
 def stamp_each_trigger(x: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
     """Every image with every trigger: x B×C×H×W, masks G×H×W, patterns G×C×H×W (all in [0, 1]) ->
     (G·B)×C×H×W in [0, 1], trigger-major (rows g·B .. g·B + B − 1 carry trigger g)."""
@@ -243,73 +265,74 @@ def stamp_each_trigger(x: torch.Tensor, masks: torch.Tensor, patterns: torch.Ten
     return stamped.flatten(0, 1)
 
 
+def _group_name(targets: list[int]) -> str:
+    first, last = targets[0], targets[-1]
+    return f"classes{first}-{last}" if list(targets) == list(range(first, last + 1)) else \
+        "classes" + "_".join(map(str, targets))
+
+
 def reverse_engineer_triggers(forward: Callable, images: torch.Tensor, targets: list[int], config: NCConfig, *,
-                              seed: int = 0, device="cpu", log: Callable[[str], None] = print) -> list[InvertedTrigger]:
+                              seed: int = 0, device="cpu", log: Callable[[str], None] = print,
+                              stages: Stages | None = None) -> list[InvertedTrigger]:
     """Optimises the triggers of the classes ``targets`` together and returns each one's best trigger.
 
     The G classes share the batches and one forward of G·B images per step (far fewer, larger kernel calls),
     but nothing else: each class's loss term depends only on its own w_m, w_p, Adam is element-wise, and every
     class keeps its own λ schedule and best trigger, so the result is that of G separate runs.
-    ``forward``: x (float N×C×H×W in [0, 1]) -> logits, with no weight gradients (see :func:`_frozen_forward`);
-    ``images``: the clean images, uint8 or float in [0, 1], N×C×H×W, already on ``device``.
+    ``forward``: x (float N×C×H×W in [0, 1]) -> logits, with no weight gradients (a module is held frozen
+    here: :func:`core.train.frozen`); ``images``: the clean images, uint8 or float in [0, 1], N×C×H×W, already
+    on ``device``. The epochs run through :func:`core.train.fit`: its seeded shuffle is the batch order (the
+    same for every group), the λ schedule and the best trigger are updated at each epoch's end from the epoch's
+    success (the share of its images sent to the class). ``stages``: the run's resumable state (the stage
+    ``triggers/classes<first>-<last>``, saved at every epoch end).
     """
     n, channels, height, width = images.shape
     group = torch.tensor(targets, device=device)
-    w_mask, w_pattern = _initial_weights(targets, channels, height, width, seed, device)
-    opt = torch.optim.Adam([w_mask, w_pattern], lr=config.lr, betas=config.betas)
-    schedules = [_CostSchedule(config) for _ in targets]
-    best: list[InvertedTrigger | None] = [None] * len(targets)
-    last: list[InvertedTrigger | None] = [None] * len(targets)
-    steps = config.steps_per_epoch or math.ceil(n / config.batch_size)
+    weights = _initial_weights(targets, channels, height, width, seed, device)
+    opt = torch.optim.Adam([weights["mask"], weights["pattern"]], lr=config.lr, betas=config.betas)
+    search = _TriggerSearch(targets, config, device)
     name = f"class{'es' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
-    for epoch in range(config.epochs):
-        # one batch order per epoch for all classes: a class's result does not depend on its group
-        batches = _epoch_order(n, config.batch_size, steps, generator(seed, "neural-cleanse-batches", epoch))
-        costs = torch.tensor([s.cost for s in schedules], device=device)
-        success_sum = torch.zeros(len(targets), device=device)  # summed on the device: one host sync per epoch
-        for idx in tqdm(batches, desc=f"NC {name} epoch {epoch + 1}/{config.epochs}", leave=False,
-                        dynamic_ncols=True, disable=None):
-            x = to_float(images[idx.to(images.device)])
-            masks, patterns = mask_and_pattern(w_mask, w_pattern)
-            logits = forward(stamp_each_trigger(x, masks, patterns)).reshape(len(targets), len(x), -1)  # G×B×K
-            labels = group[:, None].expand(-1, len(x))
-            ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels).mean(1)
-            loss = (ce + costs * masks.flatten(1).sum(1)).sum()  # masks >= 0: their sum is the L1 norm
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            success_sum += (logits.detach().argmax(2) == labels).float().mean(1)
-        successes = (success_sum / steps).tolist()  # batch-averaged, as NC's code
-        with torch.no_grad():
-            masks, patterns = (t.cpu() for t in mask_and_pattern(w_mask, w_pattern))
-        for g, target in enumerate(targets):
-            reached = successes[g] >= config.success_threshold
-            last[g] = InvertedTrigger(masks[g], patterns[g], float(masks[g].sum()), successes[g], reached,
-                                      schedules[g].cost)
-            if reached and (best[g] is None or last[g].norm < best[g].norm):
-                best[g] = last[g]
-            schedules[g].update(reached)
-        log(f"NC epoch {epoch + 1}/{config.epochs}: " + "; ".join(
-            f"class {t} success {100 * successes[g]:.1f}% mask L1 {last[g].norm:.1f} cost {schedules[g].cost:.2e}"
-            for g, t in enumerate(targets)))
-    # a class whose success never reached the threshold keeps its last trigger, marked reached=False
-    chosen = [b or l for b, l in zip(best, last)]
-    for trigger, schedule in zip(chosen, schedules):
-        trigger.cost = schedule.cost
-    return chosen
+
+    def loss_fn(x, y, mods):
+        w = mods["trigger"]
+        masks, patterns = mask_and_pattern(w["mask"], w["pattern"])
+        logits = forward(stamp_each_trigger(x, masks, patterns)).reshape(len(targets), len(x), -1)  # G×B×K
+        labels = group[:, None].expand(-1, len(x))
+        ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels).mean(1)
+        loss = (ce + search.costs * masks.flatten(1).sum(1)).sum()  # masks >= 0: their sum is the L1 norm
+        hits = (logits.detach().argmax(2) == labels).float().mean(1)
+        return loss, {f"success{t}": hits[g] for g, t in enumerate(targets)}
+
+    def on_epoch_end(epoch: int, means: dict) -> None:
+        search.end_epoch([means[f"success{t}"] for t in targets], weights)
+        log(f"NC epoch {epoch}/{config.epochs}: " + "; ".join(
+            f"class {t} success {100 * search.last[g].success:.1f}% mask L1 {search.last[g].norm:.1f} "
+            f"cost {search.schedules[g].cost:.2e}" for g, t in enumerate(targets)))
+
+    state = (stages.state(f"triggers/{_group_name(targets)}", {"trigger": weights, "optimizer": opt, "search": search},
+                          scratch=("optimizer",)) if stages is not None else None)
+    fit(loss_fn, {"trigger": weights}, images, torch.zeros(n, dtype=torch.int64), optimizer=opt,
+        epochs=config.epochs, batch_size=config.batch_size, device=device, seed=seed, streams="neural-cleanse-",
+        trainable=("trigger",), frozen=(forward,) if isinstance(forward, nn.Module) else (),
+        on_epoch_end=on_epoch_end, state=state, log=log, desc=f"NC {name}",
+        hint="lower Neural Cleanse's learning rate (nc_lr)", log_epochs=False)
+    return search.chosen()
 
 
 def neural_cleanse(model: nn.Module, images: torch.Tensor, num_classes: int, config: NCConfig | None = None, *,
-                   device=None, seed: int = 0, log: Callable[[str], None] = print, **overrides) -> NCResult:
+                   device=None, seed: int = 0, log: Callable[[str], None] = print, stages: Stages | None = None,
+                   **overrides) -> NCResult:
     """Runs Neural Cleanse on ``model`` (x float N×C×H×W in [0, 1] -> logits N×num_classes).
 
     ``images``: the defender's clean images, uint8 or float in [0, 1], N×C×H×W (labels are not needed).
     ``config``: :class:`NCConfig` (default: its defaults); ``overrides``: NCConfig fields to replace, e.g.
     ``epochs=3``. ``device``: None/'auto' -> cuda if available; the model is moved there (its values are
-    unchanged). ``seed``: decides every class's starting mask and pattern and the batch order.
+    unchanged). ``seed``: decides every class's starting mask and pattern and the batch order. ``stages``: the
+    run's resumable state (:class:`core.train.Stages`; one stage per group of classes).
 
     The model is left as it came: parameters, BatchNorm buffers, ``requires_grad`` flags and each submodule's
-    train/eval mode (it runs in eval mode here, so BatchNorm statistics are read, not updated).
+    train/eval mode (it runs frozen here, :func:`core.train.frozen`: BatchNorm statistics are read, not updated,
+    and no gradient reaches the weights).
     """
     known = {f.name for f in fields(NCConfig)}
     unknown = sorted(set(overrides) - known)
@@ -324,17 +347,12 @@ def neural_cleanse(model: nn.Module, images: torch.Tensor, num_classes: int, con
     device = resolve_device(device)
     model.to(device)
     images = images.to(device)  # uint8 stays uint8 (4× less memory); batches become float on the fly
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        forward = _frozen_forward(model)
-        triggers = []
+    triggers = []
+    with frozen(model):
         for first in range(0, num_classes, config.classes_per_pass):
             group = list(range(first, min(first + config.classes_per_pass, num_classes)))
-            triggers += reverse_engineer_triggers(forward, images, group, config, seed=seed, device=device, log=log)
-    finally:
-        for module, mode in modes:
-            module.training = mode
+            triggers += reverse_engineer_triggers(model, images, group, config, seed=seed, device=device, log=log,
+                                                  stages=stages)
     norms = torch.tensor([t.norm for t in triggers], dtype=torch.float64)
     index, median, mad = anomaly_indices(norms)
     flagged = flagged_classes(index, config.anomaly_threshold)
@@ -363,16 +381,6 @@ class _StampInNormalizedSpace(nn.Module):
         return self.normalize(apply_inverted_trigger(x, self.mask.to(x.dtype), self.pattern.to(x.dtype)))
 
 
-def _save_stage(path, fingerprint: dict, result: NCResult, pretrained: nn.Module | None) -> None:
-    if path:
-        atomic_save({"fingerprint": fingerprint, "nc": asdict(result),
-                     "pretrained": pretrained.state_dict() if pretrained is not None else None}, path)
-
-
-def _result_from(saved: dict) -> NCResult:
-    return NCResult(**{**saved, "triggers": [InvertedTrigger(**t) for t in saved["triggers"]]})
-
-
 @register_defense
 class NeuralCleanseDefense(Defense):
     """Neural Cleanse, then (as the REFINE paper does) input purification with its inverted trigger: a purifier
@@ -399,35 +407,26 @@ class NeuralCleanseDefense(Defense):
     }
 
     def fit(self, model: nn.Module, data: Split, ctx: FitContext) -> DeployedModel:
-        """Resumable by stage (``ctx.work_dir``): a stopped run keeps NC's inverted triggers and, once it is
-        done, the purifier's identity pre-training; the stage it was in runs again."""
+        """Resumable by stage (``ctx.work_dir``, :class:`core.train.Stages`): NC's optimisation of each group of
+        classes, the purifier's identity pre-training and its training are saved at every epoch end; a stopped
+        run skips what it finished and continues the stage it was in."""
         device = resolve_device(ctx.device)
-        frozen = _frozen_copy(model, device)
-        state_path = ctx.state_path("train_state.pth")
-        saved = EpochState.read(state_path, ctx.fingerprint) if state_path else None
-        if saved:
-            result = _result_from(saved["nc"])
-            stages = "trigger inversion" + (" and the purifier's pre-training" if saved["pretrained"] else "")
-            ctx.log(f"resuming NC after its {stages} ({state_path})")
-        else:
-            result = neural_cleanse(frozen, data.images, model.spec["num_classes"], device=device, seed=ctx.seed,
-                                    log=ctx.log, epochs=self.nc_epochs, lr=self.nc_lr, init_cost=self.nc_init_cost,
-                                    batch_size=self.batch_size, classes_per_pass=self.nc_classes_per_pass)
-            _save_stage(state_path, ctx.fingerprint, result, None)
+        frozen_model = _frozen_copy(model, device)
+        stages = Stages(ctx.state_path("nc"), ctx.fingerprint)
+        result = neural_cleanse(frozen_model, data.images, model.spec["num_classes"], device=device, seed=ctx.seed,
+                                log=ctx.log, epochs=self.nc_epochs, lr=self.nc_lr, init_cost=self.nc_init_cost,
+                                batch_size=self.batch_size, classes_per_pass=self.nc_classes_per_pass, stages=stages)
         self.detection = result.summary()
         trigger = result.triggers[result.target]
         ctx.log(f"NC: purifying with the inverted trigger of class {result.target} (mask L1 {trigger.norm:.1f})")
         cfg = BTIDBFConfig(batch_size=self.batch_size, generator_channels=self.generator_channels,
                            generator_blocks=self.generator_blocks, pretrain_epochs=self.pretrain_epochs,
                            purify_epochs=self.purify_epochs, purify_lr=self.purify_lr, purify_noise=self.purify_noise)
-        stamp = _StampInNormalizedSpace(frozen.normalize, trigger.mask, trigger.pattern).to(device)
+        stamp = _StampInNormalizedSpace(frozen_model.normalize, trigger.mask, trigger.pattern).to(device)
         unet = build_generator(cfg, ctx.seed, tag="nc-purifier")
-        if saved and saved["pretrained"]:
-            unet.load_state_dict(saved["pretrained"])
-        else:
-            pretrain_generator(frozen, unet, data, cfg, seed=ctx.seed, amp=ctx.amp, log=ctx.log)
-            _save_stage(state_path, ctx.fingerprint, result, unet)
-        train_purifier(frozen, unet, stamp, data, cfg, seed=ctx.seed, tag="nc", amp=ctx.amp, log=ctx.log)
+        pretrain_generator(frozen_model, unet, data, cfg, seed=ctx.seed, amp=ctx.amp, log=ctx.log, stages=stages)
+        train_purifier(frozen_model, unet, stamp, data, cfg, seed=ctx.seed, tag="nc", amp=ctx.amp, log=ctx.log,
+                       stages=stages)
         unet.eval().requires_grad_(False)
         purifier = Purifier(unet, model.spec.get("mean"), model.spec.get("std"), cfg.purify_noise)
-        return DeployedModel(frozen, purifier)
+        return DeployedModel(frozen_model, purifier)

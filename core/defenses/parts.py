@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..checkpoint import FORMAT as CLASSIFIER_FORMAT
 from ..checkpoint import atomic_save, classifier_from_spec, safe_load
 from ..errors import UserError
-from ..models import Classifier, Normalize, UNet
+from ..models import Classifier, GeneratorUNet, Normalize, UNet
 from .remap import LabelRemap
 
 DEPLOYED_FORMAT = "refine-toolkit/deployed-v1"
@@ -86,7 +86,6 @@ class Purifier(nn.Module):
 
 
 def _purifier(channels: int = 32, blocks: int = 4, mean=None, std=None, noise: float = 0.0) -> Purifier:
-    from .bti_dbf import GeneratorUNet  # late: bti_dbf imports this module
     return Purifier(GeneratorUNet(channels, blocks), mean, std, noise)
 
 
