@@ -26,7 +26,7 @@ from .errors import DivergedError, UserError
 from .models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from .runlog import (RunLog, canonical_json, check_run_folder, finish_run, other_versions_note, report_finished,
                      run_lock, start_run)
-from .settings import Setting, check_value, file_keys, validate
+from .settings import Setting, check_value, file_keys, nest, validate
 
 # The classifier: architecture, width and input normalization (section train: they change what is computed).
 MODEL = {
@@ -92,6 +92,7 @@ class Job:
     header: str = ""
     notes: list = field(default_factory=list)
     label: str = ""  # put before BA/ASR when a finished run is reported
+    declared: dict = field(default_factory=dict)  # the job's settings (core.settings.Setting), by key
 
     def plan(self) -> None:
         raise NotImplementedError
@@ -133,7 +134,8 @@ def run_job(job: Job) -> Path:
                 job.notes.append(note)
         if status == "fresh":
             shutil.rmtree(folder / STATE_DIR, ignore_errors=True)
-        run = start_run(folder, status, job.settings, config, job.notes, discard=(job.product,), header=job.header)
+        run = start_run(folder, status, job.settings, config, job.notes, discard=(job.product,), header=job.header,
+                        written=nest(config, job.declared))
         started = time.time()
         try:
             closing = job.execute(run)

@@ -116,6 +116,7 @@ class AttackJob(Job):
         self.train, self.test = load_data(config, self.notes.append)
         attack.plan(self.train.labels)  # an impossible plan (rate too high for the candidates) is refused now
         self.config = config
+        self.declared = job_settings
         self.settings = run_settings(config, job_settings, data={"train": describe_split(self.train),
                                                                  "test": describe_split(self.test)},
                                      trigger_sha256=tensors_sha256(attack.trigger_tensors()),

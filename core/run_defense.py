@@ -196,6 +196,7 @@ class DefenseJob(Job):
         self.poisoned_test, self.attack_config, self.trigger = poisoned_testset(config, meta, test, image_size,
                                                                                 self.notes.append)
         self.config = config
+        self.declared = job_settings
         self.settings = run_settings(config, job_settings, data={"train": describe_split(train),
                                                                  "test": describe_split(test)},
                                      method_version=method_versions(cls, self.attack_config and attack_class(

@@ -591,10 +591,10 @@ def format_metrics(m: dict) -> str:
 
 
 def start_run(folder: Path, status: str, settings: dict, config: dict, notes: list[str], discard=(),
-              header: str = "") -> "RunLog":
+              header: str = "", written: dict | None = None) -> "RunLog":
     """Opens a run folder that :func:`check_run_folder` accepted, once every check has passed: with
     ``status`` 'fresh' deletes the unfinished run's ``discard`` files and metrics, writes ``run.json`` and
-    ``config.yaml``, then logs ``header``, the recipe the preset picked and the ``notes`` gathered before
+    ``config.yaml`` (``written``: the form to write, e.g. nested by section; default ``config``), then logs ``header``, the recipe the preset picked and the ``notes`` gathered before
     the folder existed (for a 'new' folder, :func:`other_versions_note` among them). Returns the folder's
     :class:`RunLog`."""
     run = RunLog(folder)
@@ -604,7 +604,7 @@ def start_run(folder: Path, status: str, settings: dict, config: dict, notes: li
         run.discard_metrics()
         run.log("--fresh: the unfinished run in this folder is discarded")
     write_run_record(folder, settings)
-    run.write_config(config)
+    run.write_config(config if written is None else written)
     if header:
         run.log(header)
     run.log(f"code: {code_version()}", echo=False)

@@ -13,7 +13,7 @@ Sections: ``run`` (devices, folders, logging, speed switches), ``data`` (which d
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 from .checks import Bad, Check, boolean, integer, name, number, text
@@ -36,6 +36,7 @@ class Setting:
     cli: bool = True
     store_const: Any = None  # not None: the flag takes no value and sets this one (--fresh: True)
     switches: tuple[tuple[str, Any], ...] = ()  # more flags that take no value and set a constant (--no-remap)
+    listed: bool = True  # False: internal (set by the scripts themselves), left out of docs and listings
 
     def flag(self, key: str) -> str:
         return "--" + key.replace("_", "-")
@@ -81,10 +82,9 @@ def add_flags(parser: argparse.ArgumentParser, settings: Settings, owners: Mappi
         if not s.cli or not only(key):
             continue
         if help_of and key in help_of:
-            s = Setting(s.default, help_of[key], s.check, s.section, s.aliases, s.cli, s.store_const, s.switches)
+            s = replace(s, help=help_of[key])
         flags = [s.flag(key), *s.aliases]
-        s = Setting(s.default, s.help.replace("%", "%%"), s.check, s.section, s.aliases, s.cli, s.store_const,
-                    s.switches)  # argparse formats help with %
+        s = replace(s, help=s.help.replace("%", "%%"))  # argparse formats help with %
         extra = f" [{', '.join(owners[key])}]" if owners and key in owners else ""
         default = f" (default {shown(s.default)})" if s.default is not None else ""
         if s.store_const is not None:
@@ -160,6 +160,8 @@ def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
     """(flags, default, allowed, help) of each setting that has a flag: the rows of docs/flags.md and --list."""
     rows = []
     for key, s in settings.items():
+        if not s.listed:
+            continue
         flags = (", ".join(f"`{f}`" for f in [s.flag(key), *s.aliases, *(w for w, _ in s.switches)]) if s.cli
                  else f"`{key}` (config only)")
         allowed = s.check.describe if s.check is not None else "any"
@@ -183,8 +185,10 @@ RUN = {
                                cli=False),
     "fresh": Setting(False, "discard an unfinished run (a finished run is never discarded)", boolean(), "run",
                      store_const=True),
-    "preset": Setting(None, "YAML preset (configs/<task>/<name>.yaml)", name(optional=True), "run", cli=False),
-    "recipe_note": Setting(None, "why the preset's embedded_sample section was (not) used", None, "run", cli=False),
+    "preset": Setting(None, "YAML preset (configs/<task>/<name>.yaml)", name(optional=True), "run", cli=False,
+                      listed=False),  # --preset: a layer of core.config, not a value
+    "recipe_note": Setting(None, "why the preset's embedded_sample section was (not) used", None, "run", cli=False,
+                           listed=False),
     "data_root": Setting("data", "data folder or .tar.gz", text(), "run"),
     "allow_embedded": Setting(False, "fall back to the embedded 25,000-image CIFAR-10 sample when no full data set "
                                      "is found", boolean(), "run"),

@@ -1,35 +1,20 @@
 """BTI-DBF (core/defenses/bti_dbf.py) on tiny problems: 16×16 synthetic images, width-8 ResNet-18, 4 classes."""
-import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_synthetic
-from core.attacks import BadNets
+from conftest import TOY_TARGET, make_synthetic
 from core.defenses.bti_dbf import (BTIDBFConfig, GeneratorUNet, Purifier, bti_dbf_purify, bti_dbf_unlearn,
                                    build_generator, decouple_mask, decoupling_loss, detect_target, feature_shape,
                                    features, head, inversion_loss, invert_trigger, mask_from_logits, mix_count,
                                    pretrain_loss, purification_loss, train_generator, unlearning_loss)
+import core.defenses.bti_dbf as bti_dbf_module
 from core.defenses.bti_dbf import _mix
 from core.errors import UserError
-from core.models import build_classifier
-from core.train import train_classifier
+from core.models import Classifier, build_classifier
 
-TARGET = 2  # not 0, so that a vote that falls back to the first class cannot pass by accident
-
-
-@functools.lru_cache(maxsize=1)
-def _backdoored_model():
-    """BadNets (3×3 patch, target 2, 20 % poisoned) on 16×16 synthetic images; the recipe of test_refine.
-    Trained once per session; every test checks that it leaves the model as it was."""
-    train = make_synthetic(400, seed=1, size=16)
-    attack = BadNets(y_target=TARGET, poisoned_rate=0.2, seed=0, image_size=16)
-    torch.manual_seed(0)
-    model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
-    train_classifier(model, attack.poison_train(train)[0], epochs=6, batch_size=32, lr=3e-3, optimizer="Adam",
-                     weight_decay=0, schedule="onecycle", augment="flip", device="cpu", log=lambda m: None)
-    return model.eval(), attack
+TARGET = TOY_TARGET  # not 0, so that a vote that falls back to the first class cannot pass by accident
 
 
 def _defender_data(n=64):
@@ -61,19 +46,22 @@ def _quiet(msg):
 
 
 # -- the feature/head split -----------------------------------------------------------------------------
-def test_head_of_features_is_the_model_and_other_architectures_are_refused():
-    for name, width in (("ResNet18", 8), ("ResNet50", 4)):
+def test_head_of_features_is_the_model_and_a_network_without_the_split_is_refused():
+    # every network of core.models has the split (tests/test_models.py runs the whole defense on each)
+    for name, width, shape in (("ResNet18", 8, (64, 2, 2)), ("ResNet50", 4, (128, 2, 2)), ("DenseNet121", 4, (128, 2, 2))):
         torch.manual_seed(0)
         model = build_classifier(name, "CIFAR10", 4, width=width).eval()
         x = torch.rand(3, 3, 16, 16)
         xn = model.normalize(x)
         feats = features(model, xn)
-        assert feats.shape[1:] == feature_shape(model, (3, 16, 16))
-        assert feats.shape[2:] == (2, 2)  # layer4: 1/8 of the side
+        assert feats.shape[1:] == feature_shape(model, (3, 16, 16)) == shape  # 1/8 of the side
         with torch.no_grad():
-            assert torch.allclose(head(model, feats), model(x), atol=1e-5), name
-    with pytest.raises(UserError, match="ResNet18, ResNet34, ResNet50.*got VGG16"):
-        features(build_classifier("VGG16", "CIFAR10", 4, width=4), torch.rand(1, 3, 16, 16))
+            assert torch.equal(head(model, feats), model(x)), name
+    plain = Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4)), {"model": "MLP"})
+    with pytest.raises(UserError, match="forward_features and net.forward_head.*got MLP"):
+        features(plain, torch.rand(1, 3, 16, 16))
+    with pytest.raises(UserError, match="backbone/head split"):
+        bti_dbf_unlearn(plain, _defender_data(8), _tiny_cfg(), log=_quiet)
 
 
 def test_generator_keeps_the_shape_and_refuses_too_small_images():
@@ -98,8 +86,8 @@ def _full_batch_decoupling_loss(model, mask, data):
         return expected
 
 
-def test_mask_stays_in_the_unit_interval_and_learning_it_lowers_the_decoupling_loss():
-    model, _ = _backdoored_model()
+def test_mask_stays_in_the_unit_interval_and_learning_it_lowers_the_decoupling_loss(toy_backdoor):
+    model = toy_backdoor.model
     data = _defender_data()
     snapshot = _snapshot(model)
     shape = feature_shape(model, (3, 16, 16))
@@ -116,9 +104,9 @@ def test_mask_stays_in_the_unit_interval_and_learning_it_lowers_the_decoupling_l
     _assert_unchanged(model, snapshot, "decouple_mask")
 
 
-def test_mask_learning_keeps_batchnorm_frozen_even_for_a_model_in_training_mode():
+def test_mask_learning_keeps_batchnorm_frozen_even_for_a_model_in_training_mode(toy_backdoor):
     # the authors learn the mask with the model in training mode (BatchNorm statistics drift); here f is frozen
-    model, _ = _backdoored_model()
+    model = toy_backdoor.model
     model.train()
     try:
         snapshot = _snapshot(model)
@@ -128,8 +116,8 @@ def test_mask_learning_keeps_batchnorm_frozen_even_for_a_model_in_training_mode(
         model.eval()
 
 
-def test_mask_is_deterministic_for_a_seed():
-    model, _ = _backdoored_model()
+def test_mask_is_deterministic_for_a_seed(toy_backdoor):
+    model = toy_backdoor.model
     data, cfg = _defender_data(32), _tiny_cfg()
     a = decouple_mask(model, data, cfg, seed=5, log=_quiet)
     assert torch.equal(a, decouple_mask(model, data, cfg, seed=5, log=_quiet))
@@ -226,17 +214,20 @@ def test_mix_count_is_ten_percent_plus_one_and_mixing_replaces_that_many_images_
     assert not torch.equal(again, mixed), "the replaced positions are drawn from the generator"
 
 
-def test_the_target_term_pulls_the_inverted_images_to_the_given_class():
-    # (U) and (P) from round 2 on: + CE(f(G(x)), target). Without the term this generator drifts to class 3.
-    model, _ = _backdoored_model()
+def test_the_target_term_pulls_the_inverted_images_to_the_given_class(toy_backdoor):
+    # (U) and (P) from round 2 on: + CE(f(G(x)), target). Without the term this generator drifts to class 0; the
+    # given class 2 is neither that nor the planted target.
+    model = toy_backdoor.model
     data = _defender_data()
     snapshot = _snapshot(model)
     cfg = _tiny_cfg(batch_size=16, inversion_epochs=2, generator_lr=1e-2, norm_bound=1e9, ben_bound=1e9,
                     target_weight=10.0)
     mask = torch.full(feature_shape(model, (3, 16, 16)), 0.5)
-    gen = train_generator(model, build_generator(cfg), mask, data, cfg, target=1, log=_quiet)
+    given = 2
+    assert given != TARGET
+    gen = train_generator(model, build_generator(cfg), mask, data, cfg, target=given, log=_quiet)
     _, votes = detect_target(model, gen, data, noise=0.0)
-    assert votes[1] >= 0.75 * len(data), votes
+    assert votes[given] >= 0.75 * len(data), votes
     _assert_unchanged(model, snapshot, "train_generator")
 
 
@@ -253,10 +244,10 @@ class _TrueTrigger(torch.nn.Module):
         return self.normalize(self.attack.apply_trigger(x))
 
 
-def test_target_vote_finds_the_planted_target_with_the_true_trigger():
+def test_target_vote_finds_the_planted_target_with_the_true_trigger(toy_backdoor):
     # The whole inversion does not find the trigger reliably at test scale (see the next test): the vote is
     # tested with a generator that applies the real trigger, against an identity control.
-    model, attack = _backdoored_model()
+    model, attack = toy_backdoor.model, toy_backdoor.attack
     data = _defender_data(120)  # 30 images per class
     snapshot = _snapshot(model)
     target, votes = detect_target(model, _TrueTrigger(model.normalize, attack), data, seed=0)
@@ -269,8 +260,8 @@ def test_target_vote_finds_the_planted_target_with_the_true_trigger():
     _assert_unchanged(model, snapshot, "detect_target")
 
 
-def test_trigger_inversion_runs_end_to_end_and_is_deterministic():
-    model, _ = _backdoored_model()
+def test_trigger_inversion_runs_end_to_end_and_is_deterministic(toy_backdoor):
+    model = toy_backdoor.model
     data = _defender_data()
     snapshot = _snapshot(model)
     logs = []
@@ -292,8 +283,8 @@ def test_trigger_inversion_runs_end_to_end_and_is_deterministic():
 
 
 # -- (d) BTI-DBF(U) and (P) leave the given model alone; (e) the purifier is an image transform ---------------
-def test_unlearning_repairs_a_copy_and_leaves_the_given_model_untouched():
-    model, _ = _backdoored_model()
+def test_unlearning_repairs_a_copy_and_leaves_the_given_model_untouched(toy_backdoor):
+    model = toy_backdoor.model
     snapshot = _snapshot(model)
     logs = []
     repaired, info = bti_dbf_unlearn(model, _defender_data(), _tiny_cfg(), device="cpu", seed=0, log=logs.append)
@@ -308,8 +299,8 @@ def test_unlearning_repairs_a_copy_and_leaves_the_given_model_untouched():
     assert any("target_ce" in m for m in logs), "round 2 keeps the inverted images on the detected target"
 
 
-def test_purification_leaves_the_model_untouched_and_returns_a_unit_interval_image_transform():
-    model, _ = _backdoored_model()
+def test_purification_leaves_the_model_untouched_and_returns_a_unit_interval_image_transform(toy_backdoor):
+    model = toy_backdoor.model
     snapshot = _snapshot(model)
     purifier, info = bti_dbf_purify(model, _defender_data(), _tiny_cfg(), device="cpu", seed=0, log=_quiet)
     _assert_unchanged(model, snapshot, "bti_dbf_purify")
@@ -341,8 +332,8 @@ def test_purifier_converts_between_pixel_and_normalized_space_and_clamps():
     assert torch.equal(Purifier(torch.nn.Identity())(x * 3 - 1), (x * 3 - 1).clamp(0, 1))  # no normalization
 
 
-def test_at_least_one_round_is_required():
-    model, _ = _backdoored_model()
+def test_at_least_one_round_is_required(toy_backdoor):
+    model = toy_backdoor.model
     for run in (bti_dbf_unlearn, bti_dbf_purify):
         with pytest.raises(UserError, match="at least one round"):
             run(model, _defender_data(8), _tiny_cfg(rounds=0), log=_quiet)
@@ -352,27 +343,86 @@ class _StopAt(Exception):
     pass
 
 
-@pytest.mark.parametrize("run, name", [(bti_dbf_unlearn, "BTI-DBF(U)"), (bti_dbf_purify, "BTI-DBF(P)")])
-def test_a_run_stopped_between_rounds_resumes_to_the_same_result(tmp_path, run, name):
-    model, _ = _backdoored_model()
-    data, cfg, fingerprint = _defender_data(32), _tiny_cfg(), {"defense": name}
-    whole, whole_info = run(model, data, cfg, device="cpu", seed=0, log=_quiet)
+LOSSES = ("decoupling_loss", "pretrain_loss", "inversion_loss", "unlearning_loss", "purification_loss")
 
-    def stop_in_round_2(message):
-        if message.startswith(f"{name} round 2/"):
-            raise _StopAt(message)  # the state of round 1 is saved by now
-    state = tmp_path / "train_state.pth"
-    with pytest.raises(_StopAt):
-        run(model, data, cfg, device="cpu", seed=0, log=stop_in_round_2, state_path=state, fingerprint=fingerprint)
-    assert state.is_file()
-    logs = []
-    resumed, info = run(model, data, cfg, device="cpu", seed=0, log=logs.append, state_path=state,
-                        fingerprint=fingerprint)
-    assert any("resuming BTI-DBF after round 1" in m for m in logs)
-    assert not any(m.startswith(f"{name} round 1/") for m in logs), "round 1 is not run again"
+
+def _count_steps(monkeypatch, stop: dict | None = None) -> dict:
+    """Counts the training steps of each phase (the calls of its loss) and of the target vote; ``stop``:
+    {loss name: call number} raises _StopAt at that call, as an interruption in the middle of a phase."""
+    counts = {name: 0 for name in LOSSES + ("detect_target",)}
+    for name in counts:
+        real = getattr(bti_dbf_module, name)
+
+        def counted(*args, _name=name, _real=real, **kwargs):
+            counts[_name] += 1
+            if stop and stop.get(_name) == counts[_name]:
+                raise _StopAt(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(bti_dbf_module, name, counted)
+    return counts
+
+
+def _assert_same_run(whole, whole_info, resumed, info):
     assert info["target"] == whole_info["target"] and torch.equal(info["votes"], whole_info["votes"])
     assert info["rounds"] == whole_info["rounds"]
     for k, v in whole.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), f"{k} differs after the resume"
+    for k, v in whole_info["generator"].state_dict().items():
+        assert torch.equal(v, info["generator"].state_dict()[k]), f"G's {k} differs after the resume"
+
+
+@pytest.mark.parametrize("run, name", [(bti_dbf_unlearn, "BTI-DBF(U)"), (bti_dbf_purify, "BTI-DBF(P)")])
+def test_a_run_stopped_between_rounds_resumes_to_the_same_result(tmp_path, monkeypatch, run, name, toy_backdoor):
+    model = toy_backdoor.model
+    data, cfg, fingerprint = _defender_data(32), _tiny_cfg(), {"defense": name}  # 1 step per phase and round
+    whole, whole_info = run(model, data, cfg, device="cpu", seed=0, log=_quiet)
+
+    def stop_in_round_2(message):
+        if message.startswith(f"{name} round 2/"):
+            raise _StopAt(message)  # every phase of round 1 is saved by now
+    state = tmp_path / "state"
+    with pytest.raises(_StopAt):
+        run(model, data, cfg, device="cpu", seed=0, log=stop_in_round_2, state_path=state, fingerprint=fingerprint)
+    assert (state / "round1" / "mask.pth").is_file() and (state / "vote.pth").is_file()
+    logs, steps = [], _count_steps(monkeypatch)
+    resumed, info = run(model, data, cfg, device="cpu", seed=0, log=logs.append, state_path=state,
+                        fingerprint=fingerprint)
+    # round 1 is not run again: its phases are reported done and take no step; round 2 runs in full
+    last = "unlearning_loss" if name == "BTI-DBF(U)" else "purification_loss"
+    assert steps == {**dict.fromkeys(steps, 0), "decoupling_loss": 1, "inversion_loss": 1, last: 1}, steps
+    assert sum("were done before" in m for m in logs) == 4  # round 1: mask, pre-training, inversion, U or P
+    _assert_same_run(whole, whole_info, resumed, info)
     with pytest.raises(UserError, match="other settings"):
         run(model, data, cfg, device="cpu", seed=0, log=_quiet, state_path=state, fingerprint={"defense": "other"})
+
+
+# (run, the loss to stop in, at which call, the phase): 32 images in batches of 16 = 2 steps per epoch, 2 epochs
+# per phase: call 7 of a phase that runs in every round is the first step of round 2's second epoch
+MID_PHASE = [(bti_dbf_unlearn, "inversion_loss", 7, "trigger inversion (1)"),
+             (bti_dbf_unlearn, "unlearning_loss", 7, "unlearning (1)"),
+             (bti_dbf_purify, "decoupling_loss", 7, "decoupling mask (1)"),
+             (bti_dbf_purify, "purification_loss", 7, "purifier training (1)"),
+             (bti_dbf_purify, "pretrain_loss", 3, "generator pre-training (identity)")]
+
+
+@pytest.mark.parametrize("run, loss, stop_at, phase", MID_PHASE,
+                         ids=[f"{r.__name__}-{loss}" for r, loss, _, _ in MID_PHASE])
+def test_a_run_stopped_in_the_middle_of_a_phase_resumes_there_to_the_same_result(tmp_path, monkeypatch, run, loss,
+                                                                                  stop_at, phase, toy_backdoor):
+    model = toy_backdoor.model
+    data = _defender_data(32)
+    cfg = _tiny_cfg(batch_size=16, mask_epochs=2, pretrain_epochs=2, inversion_epochs=2, unlearn_epochs=2,
+                    purify_epochs=2)
+    whole, whole_info = run(model, data, cfg, device="cpu", seed=0, log=_quiet)
+    state = tmp_path / "state"
+    with monkeypatch.context() as patch:
+        _count_steps(patch, stop={loss: stop_at})
+        with pytest.raises(_StopAt):
+            run(model, data, cfg, device="cpu", seed=0, log=_quiet, state_path=state)
+    logs, steps = [], _count_steps(monkeypatch)
+    resumed, info = run(model, data, cfg, device="cpu", seed=0, log=logs.append, state_path=state)
+    assert any(m.startswith(f"resuming BTI-DBF {phase} from the end of epoch 1/2") for m in logs), logs
+    total = 4 if loss == "pretrain_loss" else 8  # the steps of that loss in a whole run
+    assert steps[loss] == total - (stop_at - 1), "the phase goes on with its second epoch, the earlier are skipped"
+    assert steps["detect_target"] == (loss == "pretrain_loss"), "the vote is saved once done"
+    _assert_same_run(whole, whole_info, resumed, info)

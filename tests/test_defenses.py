@@ -110,21 +110,6 @@ def _tiny_images():
     return Split(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), ("a",), "zeros")
 
 
-def test_legacy_refine_file_loads_as_parts(tmp_path):
-    from core.checkpoint import FORMAT, atomic_save
-    model = _model(classes=10).eval()
-    unet = UNet(4).eval()
-    perm = torch.roll(torch.arange(10), 1)
-    atomic_save({"format": "refine-toolkit/defended-v1", "unet_channels": 4, "unet": unet.state_dict(),
-                 "classifier": {"format": FORMAT, "spec": model.spec, "state_dict": model.net.state_dict()},
-                 "permutation": perm, "meta": {"dataset": "CIFAR10"}}, tmp_path / "old.pth")
-    loaded, meta = load_deployed(tmp_path / "old.pth")
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(unet(x))[:, torch.argsort(perm)]
-    assert meta["defense"] == "REFINE" and torch.allclose(loaded(x), expected, atol=1e-6)
-
-
 def test_fit_averages_the_parts_and_sets_modes_by_name():
     lin, frozen = torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1)
     seen_modes = []

@@ -154,7 +154,7 @@ def test_cli_download_then_attack_then_refine_without_second_download(server, tm
     assert f"downloading CIFAR-10 from {url}" in log and "downloaded CIFAR-10 (md5 verified)" in log
     assert f"CIFAR10 train from {data / 'cifar-10-batches-py'}: 100 images" in log  # not the embedded sample
     assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py"]
-    config = yaml.safe_load((folder / "config.yaml").read_text())  # the explicit normalization is recorded
+    config = yaml.safe_load((folder / "config.yaml").read_text())["train"]  # the explicit normalization is recorded
     assert (config["normalization"], config["mean"], config["std"]) == ("custom", [0.5] * 3, [0.25] * 3)
 
     r = run_cli("refine.py", "--attack", "BadNets", "--attack-dir", str(tmp_path / "attack"), "--out",
@@ -164,5 +164,5 @@ def test_cli_download_then_attack_then_refine_without_second_download(server, tm
     run = only_run(tmp_path / "refine")
     log = (run / "log.txt").read_text()
     assert "CIFAR10 already present" in log and "downloading" not in log
-    config = yaml.safe_load((run / "config.yaml").read_text())  # the model's own normalization, as used
+    config = yaml.safe_load((run / "config.yaml").read_text())["train"]  # the model's own normalization, as used
     assert (config["normalization"], config["mean"], config["std"]) == ("custom", [0.5] * 3, [0.25] * 3)

@@ -1,19 +1,15 @@
-import functools
 import math
 
 import pytest
 import torch
 
-from conftest import seeds
-from core.attacks import BadNets
+from conftest import TOY_TARGET, make_synthetic, seeds
 from core.defenses.neural_cleanse import (NCConfig, anomaly_indices, apply_inverted_trigger, flagged_classes,
                                           neural_cleanse, reverse_engineer_triggers)
 from core.errors import UserError
 from core.metrics import ba_asr
-from core.models import build_classifier
-from core.train import train_classifier
 
-TARGET = 1  # not 0: a detector that always answers class 0 must fail
+TARGET = TOY_TARGET  # not 0: a detector that always answers class 0 must fail
 NUM_CLASSES = 4
 
 
@@ -29,46 +25,42 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=1)
-def _backdoored_model(synthetic):
-    """test_refine's recipe (BadNets 3×3 trigger on 16×16 synthetic images, width-8 ResNet-18, 4 classes),
-    smaller (320 images, 4 epochs) to keep this file fast, with the target class 1."""
-    train, test = synthetic(320, seed=1, size=16), synthetic(200, seed=2, size=16)
-    attack = BadNets(y_target=TARGET, poisoned_rate=0.2, seed=0, image_size=16)
-    torch.manual_seed(0)
-    model = build_classifier("ResNet18", "CIFAR10", NUM_CLASSES, width=8)
-    train_classifier(model, attack.poison_train(train)[0], epochs=4, batch_size=32, lr=3e-3, optimizer="Adam",
-                     weight_decay=0, schedule="onecycle", augment="flip", device="cpu", log=lambda m: None)
-    model.zero_grad(set_to_none=True)  # training leaves its last step's gradients: NC must add none
-    return model.eval(), test, attack.poison_test(test)
-
-
 # NC's defaults but 10 epochs of 4 steps (64 clean images, batches of 16), the 4 classes in one batched pass.
 # On this toy problem every class has a few-pixel "natural trigger" once the masks fully converge (after ~40
 # epochs all four norms were 2-10 pixels and nothing was flagged): NC tells the backdoor by how much faster its
-# mask shrinks, which this budget captures. With the model below, NC seeds 0-19 all flag class 1 alone
+# mask shrinks, which this budget captures. With conftest's toy model, NC seeds 0-19 all flag class 1 alone
 # (TEST_SEEDS=0-19). Other model seeds are less kind: over attack/init seeds 0-5 × NC seeds 0-2, models 2 and 4
 # were never flagged (NC's mask for the target stalls at 40-50 pixels), the other four always; 6 or 8 classes,
 # a 4×4 or white trigger, no flip, or test_refine's longer training did not do better.
 FAST = dict(epochs=10, batch_size=16, classes_per_pass=NUM_CLASSES)
 
 
-@functools.lru_cache(maxsize=None)
-def _nc_run(synthetic, seed):
-    """(model, its state before, its requires_grad flags before, NC result) for one NC seed."""
-    model, test, _ = _backdoored_model(synthetic)
-    before = {k: v.clone() for k, v in model.state_dict().items()}  # weights and BatchNorm buffers
-    flags = {k: p.requires_grad for k, p in model.named_parameters()}
-    clean = synthetic(64, seed=3, size=16).images  # the defender's own clean images (uint8)
-    result = neural_cleanse(model, clean, NUM_CLASSES, seed=seed, device="cpu", log=lambda m: None, **FAST)
-    return model, before, flags, result
+@pytest.fixture(scope="module")
+def nc_run(toy_backdoors):
+    """nc_run(seed): (model, its state before, its requires_grad flags before, NC result) for one NC seed, run
+    once per module on a copy of conftest's toy backdoored model (BadNets 3×3 trigger on 16×16 images, target
+    TOY_TARGET), which NC must leave as it was."""
+    runs = {}
+
+    def run(seed):
+        if seed not in runs:
+            toy = toy_backdoors()
+            model = toy.model
+            before = {k: v.clone() for k, v in model.state_dict().items()}  # weights and BatchNorm buffers
+            flags = {k: p.requires_grad for k, p in model.named_parameters()}
+            clean = make_synthetic(64, seed=3, size=16).images  # the defender's own clean images (uint8)
+            result = neural_cleanse(model, clean, NUM_CLASSES, seed=seed, device="cpu", log=lambda m: None, **FAST)
+            runs[seed] = toy, before, flags, result
+        return runs[seed]
+
+    return run
 
 
 @pytest.mark.parametrize("seed", seeds(0))
-def test_the_planted_target_is_the_one_flagged(synthetic, seed):
-    model, test, poisoned = _backdoored_model(synthetic)
+def test_the_planted_target_is_the_one_flagged(toy_backdoor, nc_run, seed):
+    model, test, poisoned = toy_backdoor.model, toy_backdoor.test, toy_backdoor.poisoned_test
     assert ba_asr(model, test, poisoned)["ASR"] > 90  # the backdoor is there to be found
-    _, _, _, result = _nc_run(synthetic, seed)
+    _, _, _, result = nc_run(seed)
     index = result.anomaly_indices
     assert result.target == TARGET, f"seed {seed}: norms {result.norms.tolist()}, indices {index.tolist()}"
     assert index[TARGET] > result.threshold == 2.0, index.tolist()
@@ -83,8 +75,8 @@ def test_the_planted_target_is_the_one_flagged(synthetic, seed):
         assert (model(stamped).argmax(1) == TARGET).float().mean() > 0.9
 
 
-def test_inverted_masks_and_patterns_stay_in_the_unit_range(synthetic):
-    _, _, _, result = _nc_run(synthetic, 0)
+def test_inverted_masks_and_patterns_stay_in_the_unit_range(nc_run):
+    _, _, _, result = nc_run(0)
     assert result.masks.shape == (NUM_CLASSES, 16, 16) and result.patterns.shape == (NUM_CLASSES, 3, 16, 16)
     for tensor in (result.masks, result.patterns):
         assert tensor.min() >= 0 and tensor.max() <= 1
@@ -92,8 +84,9 @@ def test_inverted_masks_and_patterns_stay_in_the_unit_range(synthetic):
     assert all(t.reached for t in result.triggers)  # every class reached 99 % attack success at some epoch
 
 
-def test_the_backdoored_model_is_bit_identical_afterwards(synthetic):
-    model, before, flags, _ = _nc_run(synthetic, 0)
+def test_the_backdoored_model_is_bit_identical_afterwards(nc_run):
+    toy, before, flags, _ = nc_run(0)
+    model = toy.model
     after = model.state_dict()
     assert after.keys() == before.keys()
     for k, v in after.items():

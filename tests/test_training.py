@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from conftest import seeds
-from core.attacks import BadNets
+from conftest import seeds, train_toy_backdoor
 from core.metrics import ba_asr
 from core.models import build_classifier
 from core.train import train_classifier
@@ -49,20 +48,14 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic):
 
 
 @pytest.mark.parametrize("seed", seeds(0, 1))
-def test_tiny_badnets_attack_really_fires(synthetic, seed):
+def test_tiny_badnets_attack_really_fires(request, seed):
     # On this colour-coded toy task the class signal is so easy that 10 % poisoning needs many epochs;
     # 20 % with Adam implants the 3x3 trigger in 8 short epochs. On 32x32 images (the trigger is 1 % of the
     # image) that recipe gave ASR 100, 0, 100 and 35 % for seeds 0-3 (12 epochs: still 0 for seed 3). On
     # 16x16 images (as REFINE's tests use) it took for every seed tried, 0-11: BA 100 and ASR 100 each.
-    # TEST_SEEDS=0-11 sweeps them.
-    train, test = synthetic(600, seed=1, size=16), synthetic(200, seed=2, size=16)
-    attack = BadNets(y_target=0, poisoned_rate=0.2, seed=seed, image_size=16)
-    poisoned_train, _ = attack.poison_train(train)
-    torch.manual_seed(seed)
-    model = build_classifier("ResNet18", "CIFAR10", 4, width=8)
-    train_classifier(model, poisoned_train, epochs=8, batch_size=32, lr=3e-3, optimizer="Adam", weight_decay=0,
-                     schedule="onecycle", augment="flip", device="cpu", seed=seed, log=lambda m: None)
-    m = ba_asr(model, test, attack.poison_test(test))
+    # TEST_SEEDS=0-11 sweeps them. The recipe is conftest's toy backdoored model: seed 0 is that model itself.
+    toy = request.getfixturevalue("toy_backdoor") if seed == 0 else train_toy_backdoor(seed)
+    m = ba_asr(toy.model, toy.test, toy.poisoned_test)
     assert m["BA"] > 80, (seed, m)
     assert m["ASR"] > 90, (seed, m)  # chance would be about 25 %
 

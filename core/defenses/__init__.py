@@ -14,7 +14,8 @@ import_all(__name__, __path__)
 from .bti_dbf import BTIDBFPurify, BTIDBFUnlearn  # noqa: E402  (the classes, for use from Python)
 from .finetune import FineTuning, FineTuningRefine  # noqa: E402
 from .neural_cleanse import NeuralCleanseDefense  # noqa: E402
-from .parts import DeployedModel, Purifier, UniversalPerturbation, load_deployed, save_deployed  # noqa: E402
+from .parts import (DeployedModel, Purifier, UniversalPerturbation, load_deployed, register_part,  # noqa: E402
+                    save_deployed)
 from .refine import REFINE, RefineDefense  # noqa: E402
 from .remap import LabelRemap, random_derangement  # noqa: E402
 from .shrinkpad import ShrinkPad, ShrinkPadDefense  # noqa: E402
@@ -29,4 +30,4 @@ def defense_class(name: str) -> type[Defense]:
 __all__ = ["DEFENSES", "BTIDBFPurify", "BTIDBFUnlearn", "Defense", "DeployedModel", "FineTuning",
            "FineTuningRefine", "FitContext", "LabelRemap", "NeuralCleanseDefense", "Purifier", "REFINE",
            "RefineDefense", "ShrinkPad", "ShrinkPadDefense", "TMR", "UniversalPerturbation", "defense_class",
-           "frozen_copy", "load_deployed", "random_derangement", "register_defense", "save_deployed"]
+           "frozen_copy", "load_deployed", "random_derangement", "register_defense", "register_part", "save_deployed"]

@@ -26,7 +26,6 @@ from ..models import Classifier, GeneratorUNet, Normalize, UNet
 from .remap import LabelRemap
 
 DEPLOYED_FORMAT = "refine-toolkit/deployed-v1"
-LEGACY_REFINE_FORMAT = "refine-toolkit/defended-v1"  # refine.py's REFINE-only format before the parts
 
 
 class Identity(nn.Identity):
@@ -94,7 +93,8 @@ def _shrinkpad(pad_size: int) -> nn.Module:
     return ShrinkPad(pad_size)
 
 
-# registry name -> builder(**spec). A part says its own name and spec: ``part_name``, ``part_spec()``.
+# registry name -> builder(**spec). A part says its own name and spec: ``part_name``, ``part_spec()``; a part
+# class of a new defense registers itself with ``@register_part`` (its builder is the class: ``cls(**spec)``).
 PARTS: dict[str, Callable[..., nn.Module]] = {
     "identity": lambda: Identity(),
     "unet": lambda channels: UNet(channels),
@@ -105,6 +105,15 @@ PARTS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def register_part(cls):
+    """Class decorator: makes ``cls`` (with ``part_name`` and ``part_spec()``) a part that deployed models save
+    and :func:`load_deployed` rebuilds as ``cls(**spec)``."""
+    if PARTS.get(cls.part_name, cls) is not cls:
+        raise ValueError(f"part name {cls.part_name!r} of {cls.__qualname__} is taken")
+    PARTS[cls.part_name] = cls
+    return cls
+
+
 def spec_of(part: nn.Module) -> tuple[str, dict]:
     """(registry name, spec) of a part; a clear error for a module that is not a registered part."""
     if type(part) is nn.Identity:
@@ -112,7 +121,7 @@ def spec_of(part: nn.Module) -> tuple[str, dict]:
     if getattr(part, "part_name", None) in PARTS:
         return part.part_name, part.part_spec()
     raise TypeError(f"{type(part).__name__} is not a part the toolkit can save; give it part_name and part_spec() "
-                    f"and register its builder in core.defenses.parts.PARTS")
+                    f"and decorate its class with core.defenses.parts.register_part")
 
 
 class DeployedModel(nn.Module):
@@ -161,24 +170,12 @@ def _build_part(record: dict, path) -> nn.Module:
     return part
 
 
-def _from_legacy_refine(blob: dict) -> dict:
-    """refine.py's earlier REFINE-only file as a parts record (same weights)."""
-    perm = blob["permutation"]
-    return {"transform": {"name": "unet", "spec": {"channels": blob["unet_channels"]}, "state_dict": blob["unet"]},
-            "classifier": blob["classifier"],
-            "output_map": {"name": "derangement", "spec": {"num_classes": len(perm)},
-                           "state_dict": {"permutation": perm, "inverse": torch.argsort(perm)}},
-            "meta": {"defense": "REFINE", **blob.get("meta", {})}}
-
-
 def load_deployed(path) -> tuple[DeployedModel, dict]:
     """Loads a defended model saved by any defense of the toolkit (``weights_only``); returns (model in eval
-    mode, meta). Also reads the REFINE-only files of earlier versions."""
+    mode, meta)."""
     blob = safe_load(path)
     fmt = blob.get("format") if isinstance(blob, dict) else None
-    if fmt == LEGACY_REFINE_FORMAT:
-        blob = _from_legacy_refine(blob)
-    elif fmt != DEPLOYED_FORMAT:
+    if fmt != DEPLOYED_FORMAT:
         raise UserError(f"{path} is not a defended model saved by the toolkit (look for defended_model.pth in a "
                         f"defense's run folder)")
     classifier = classifier_from_spec(blob["classifier"]["spec"])
