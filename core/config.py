@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from .attacks import canonical_name
 from .data import will_use_embedded_sample
 from .errors import UserError
 
@@ -42,8 +43,6 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     recipe), applied in that order after its common keys. Values are not
     checked here: :func:`core.validate.validate` checks the merged result, whichever layer set them.
     """
-    from .attacks import canonical_name
-
     given = {k: v for k, v in vars(args).items() if k not in ("preset", "config")}
     config = dict(defaults)
     layers = []

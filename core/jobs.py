@@ -25,7 +25,7 @@ from .defenses.base import STATE_DIR
 from .errors import DivergedError, UserError
 from .models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from .runlog import (RunLog, canonical_json, check_run_folder, finish_run, other_versions_note, report_finished,
-                     run_lock, start_run)
+                     run_lock, settings_hash, start_run)
 from .settings import Setting, check_value, file_keys, nest, validate
 
 # The classifier: architecture, width and input normalization (section train: they change what is computed).
@@ -105,8 +105,6 @@ class Job:
 def check_state(folder: Path, settings: dict) -> None:
     """Every resumable state file of an unfinished run must load and belong to these settings; a damaged or
     foreign one is named before anything is written."""
-    from .runlog import settings_hash
-
     for path in sorted((Path(folder) / STATE_DIR).rglob("*.pth")):
         blob = safe_load(path)
         saved = blob.get("fingerprint") if isinstance(blob, dict) else None

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from .attacks import attack_class, canonical_name, restore_attack
+from .attacks.base import write_png
 from .checkpoint import load_classifier
 from .checks import choice, existing_file, integer, name, text
 from .config import read_yaml
-from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subset
+from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subset, to_float
 from .defenses import DEFENSES, FitContext, defense_class, load_deployed, save_deployed
 from .download import ensure_data
 from .errors import UserError
@@ -152,9 +153,6 @@ def _defender_data(config: dict, train, defense_cls):
 def write_preview(path, deployed, defense, test, poisoned_test, seed: int, count: int = 10) -> Path:
     """A PNG grid, one column per test image: clean; the defense's own rows (BTI-DBF: inverted G(x)); poisoned;
     the poisoned image after the deployed input transform (REFINE's T(x), the purified image, ShrinkPad's)."""
-    from .attacks.base import write_png
-    from .data import to_float
-
     clean = to_float(test.images[:count])
     rows = [clean, *defense.preview_rows(clean).values()]
     if poisoned_test is not None:

@@ -52,6 +52,7 @@ import yaml
 from tqdm import tqdm
 
 from .checkpoint import atomic_write
+from .data import EMBEDDED_SAMPLE
 from .errors import UserError
 
 RUN_FILE = "run.json"
@@ -90,8 +91,6 @@ def method_versions(*methods) -> dict:
 def describe_split(split) -> dict:
     """Which data a run actually found, for its settings: size, full data or the embedded sample, and a
     digest of the labels and of an evenly strided sample of the pixels (about 4 MB, fast even for ImageNet)."""
-    from .data import EMBEDDED_SAMPLE
-
     images = split.images.reshape(-1)
     stride = max(1, images.numel() // (1 << 22))
     digest = hashlib.sha256(split.labels.numpy().tobytes())

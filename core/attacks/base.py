@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_save, atomic_write, safe_load  # weights-only loads
 from ..checks import existing_file, integer, number
 from ..data import Split, to_float
 from ..errors import UserError
@@ -229,7 +230,6 @@ class Attack:
 
     def save_trigger(self, folder) -> list[Path]:
         """Writes ``trigger.pth`` and a PNG of each image-like trigger tensor; returns the paths."""
-        from ..checkpoint import atomic_save
 
         folder = Path(folder)
         tensors = self.trigger_tensors()
@@ -271,8 +271,6 @@ def write_png(image: torch.Tensor, path, upscale: int = 1) -> Path:
     """Writes a float C×H×W image in [0, 1] (C = 1 or 3) as a PNG, each pixel ``upscale``×``upscale``."""
     import cv2
 
-    from ..checkpoint import atomic_write
-
     img = image.detach().cpu().float().clamp(0, 1)
     if upscale > 1:
         img = img.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
@@ -293,7 +291,6 @@ def load_trigger_image(path, size: int) -> torch.Tensor:
     if not path.is_file():
         raise UserError(f"trigger file {path} does not exist")
     if path.suffix in (".pth", ".pt"):
-        from ..checkpoint import safe_load  # weights-only, and a UserError for pickled code or a damaged file
 
         blob = safe_load(path)
         t = blob.get("pattern") if isinstance(blob, dict) else blob

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checkpoint import atomic_save, safe_load
 from ..checks import existing_file, integer, number
 from ..data import to_float
 from ..errors import UserError
@@ -92,14 +93,12 @@ class LabelConsistent(BadNets):
         key = self._cache_key(images, labels)
         cache = Path(self.cache_dir) / f"pgd_{key[:20]}.pth" if self.cache_dir else None
         if cache is not None and cache.is_file():
-            from ..checkpoint import safe_load
 
             blob = safe_load(cache)
             if blob.get("key") == key and blob["images"].shape == images.shape:
                 return blob["images"]
         adv = pgd_hard_to_learn(self.clean_model, images, labels, eps, step, self.lc_steps, self.device)
         if cache is not None:
-            from ..checkpoint import atomic_save
 
             atomic_save({"key": key, "images": adv, "eps": self.lc_eps, "step": self.lc_step,
                          "steps": self.lc_steps}, cache)

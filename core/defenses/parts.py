@@ -88,18 +88,12 @@ def _purifier(channels: int = 32, blocks: int = 4, mean=None, std=None, noise: f
     return Purifier(GeneratorUNet(channels, blocks), mean, std, noise)
 
 
-def _shrinkpad(pad_size: int) -> nn.Module:
-    from .shrinkpad import ShrinkPad  # late: shrinkpad.py holds its defense too, which imports this module
-    return ShrinkPad(pad_size)
-
-
 # registry name -> builder(**spec). A part says its own name and spec: ``part_name``, ``part_spec()``; a part
 # class of a new defense registers itself with ``@register_part`` (its builder is the class: ``cls(**spec)``).
 PARTS: dict[str, Callable[..., nn.Module]] = {
     "identity": lambda: Identity(),
     "unet": lambda channels: UNet(channels),
     "purifier": _purifier,
-    "shrinkpad": _shrinkpad,
     "perturbation": lambda channels, height, width: UniversalPerturbation(channels, height, width),
     "derangement": lambda num_classes: LabelRemap(torch.arange(num_classes)),  # the weights hold the permutation
 }

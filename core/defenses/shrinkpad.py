@@ -22,7 +22,7 @@ from ..data import Split
 from ..models import Classifier
 from ..settings import Setting
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
-from .parts import DeployedModel
+from .parts import DeployedModel, register_part
 
 from ..errors import UserError
 
@@ -66,6 +66,7 @@ def shrink_pad(x: torch.Tensor, pad_size: int, generator: torch.Generator | None
     return out.clamp_(0, 1)  # resampling weights sum to 1 only up to rounding
 
 
+@register_part
 class ShrinkPad(nn.Module):
     """Input transform module: ``forward(x)`` = :func:`shrink_pad` (N×C×H×W, float in [0, 1] in and out).
 
