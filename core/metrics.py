@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .data import iterate_batches, memory_format
+from .train import frozen
 
 
 def default_eval_batch_size(device) -> int:
@@ -19,16 +20,13 @@ def predict(model, images: torch.Tensor, batch_size: int | None = None, device="
     ``batch_size`` None: :func:`default_eval_batch_size` of ``device``.
     """
     batch_size = batch_size or default_eval_batch_size(device)
-    # restore each submodule's own mode afterwards: a blanket model.train() would also switch a frozen
+    # each submodule's own mode is restored afterwards: a blanket model.train() would also switch a frozen
     # sub-model (REFINE's F) to training mode and let its BatchNorm statistics drift
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     preds = []
     dummy = torch.zeros(len(images), dtype=torch.int64)
-    for x, _ in iterate_batches(images, dummy, batch_size, device):
-        preds.append(model(x.contiguous(memory_format=memory_format(device))).argmax(1).cpu())
-    for module, mode in modes:
-        module.training = mode
+    with frozen(model):
+        for x, _ in iterate_batches(images, dummy, batch_size, device):
+            preds.append(model(x.contiguous(memory_format=memory_format(device))).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
 
 

@@ -12,7 +12,8 @@ import torch
 from conftest import make_synthetic
 from core.attacks import ATTACKS, attack_class, restore_attack
 from core.attacks.base import CLEAN, COVER, PAYLOAD
-from core.data import to_float
+from core.data import Split, to_float
+from core.train import train_classifier
 
 SIZE = 224
 TARGET = 1  # not 0: a label left at 0 by mistake must not pass for the target
@@ -137,6 +138,18 @@ def check_hook(name, attack, images, roles):
         assert not moved[roles != CLEAN].any() and moved[roles == CLEAN].float().mean() > 0.8
     else:
         raise AssertionError(f"{name} has a per-batch hook this test does not know: add what it should do")
+    # ...and inside the training loop, as attack.py passes it: every sample once per epoch, with its role
+    seen = []
+
+    def spy(batch, batch_roles, generator=None):
+        seen.append((batch.shape[1:], batch.dtype, batch_roles.clone()))
+        return attack.train_hook(batch, batch_roles, generator=generator)
+
+    train_classifier(tiny_clean_model().train(), Split(images, torch.arange(len(images)) % CLASSES, (), "x"),
+                     epochs=1, batch_size=len(images) // 2, lr=0.01, augment="flip", device="cpu", roles=roles,
+                     batch_hook=spy, log=lambda m: None)
+    assert len(seen) == 2 and all(shape == (3, SIZE, SIZE) and dtype == torch.float32 for shape, dtype, _ in seen)
+    assert torch.equal(torch.cat([r for _, _, r in seen]).sort().values, roles.sort().values)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -48,7 +48,8 @@ def _quiet(msg):
 # -- the feature/head split -----------------------------------------------------------------------------
 def test_head_of_features_is_the_model_and_a_network_without_the_split_is_refused():
     # every network of core.models has the split (tests/test_models.py runs the whole defense on each)
-    for name, width, shape in (("ResNet18", 8, (64, 2, 2)), ("ResNet50", 4, (128, 2, 2)), ("DenseNet121", 4, (128, 2, 2))):
+    for name, width, shape in (("ResNet18", 8, (64, 2, 2)), ("ResNet50", 4, (128, 2, 2)),
+                               ("DenseNet121", 4, (128, 2, 2))):
         torch.manual_seed(0)
         model = build_classifier(name, "CIFAR10", 4, width=width).eval()
         x = torch.rand(3, 3, 16, 16)

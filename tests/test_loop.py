@@ -189,6 +189,7 @@ def test_stages_resume_mid_stage_skip_finished_ones_and_keep_one_copy_of_shared_
     assert all("counter" in files[n]["modules"] for n in ("a.pth", "b/c.pth", "d.pth"))
     # run again: every stage is finished and the result is the same
     again, ran, _, _ = _staged_run(tmp_path)
-    assert ran == [] and all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), again.state_dict().values()))
+    assert ran == []
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), again.state_dict().values()))
     with pytest.raises(UserError, match="other settings"):
         Stages(tmp_path, {"k": 2}).once("once", lambda: None)

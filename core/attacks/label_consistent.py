@@ -23,6 +23,7 @@ from ..checks import existing_file, integer, number
 from ..data import to_float
 from ..errors import UserError
 from ..settings import Setting
+from ..train import frozen
 from .badnets import BadNets
 from .base import register_attack
 
@@ -34,24 +35,21 @@ def pgd_hard_to_learn(model, images: torch.Tensor, labels: torch.Tensor, eps: fl
     ``images``: uint8 N×C×H×W; ``eps``/``step`` in [0, 1] pixel units. Returns uint8 images within ``eps`` of
     the input (rounding to the 8-bit grid stays inside the ball, whose bounds are grid points for eps·255 whole).
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     out = torch.empty_like(images)
-    bar = tqdm(range(0, len(images), batch_size), desc="LC: PGD", leave=False, disable=not progress or None)
-    for s in bar:
-        x = to_float(images[s:s + batch_size].to(device))
-        y = labels[s:s + batch_size].to(device)
-        adv = x.clone()
-        for _ in range(steps):
-            adv.requires_grad_(True)
-            loss = F.cross_entropy(model(adv), y)
-            grad, = torch.autograd.grad(loss, adv)
-            with torch.no_grad():
-                adv = adv + step * grad.sign()
-                adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
-        out[s:s + batch_size] = (adv.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-    for module, mode in modes:
-        module.training = mode
+    with frozen(model):  # eval mode, no weight gradients; both restored afterwards
+        bar = tqdm(range(0, len(images), batch_size), desc="LC: PGD", leave=False, disable=not progress or None)
+        for s in bar:
+            x = to_float(images[s:s + batch_size].to(device))
+            y = labels[s:s + batch_size].to(device)
+            adv = x.clone()
+            for _ in range(steps):
+                adv.requires_grad_(True)
+                loss = F.cross_entropy(model(adv), y)
+                grad, = torch.autograd.grad(loss, adv)
+                with torch.no_grad():
+                    adv = adv + step * grad.sign()
+                    adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
+            out[s:s + batch_size] = (adv.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
     return out
 
 

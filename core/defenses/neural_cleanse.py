@@ -78,9 +78,10 @@ class NCConfig:
 class InvertedTrigger:
     """One class's reverse-engineered trigger: ``mask`` H×W and ``pattern`` C×H×W, float in [0, 1] on the CPU.
 
-    ``norm``: the mask's L1 norm; ``success``: the batch-averaged attack success (0..1) of the epoch it comes
-    from; ``reached``: whether that success reached the threshold (False: the last epoch's trigger, a fallback);
-    ``cost``: λ at the end of the optimisation.
+    ``norm``: the mask's L1 norm; ``success``: the attack success (0..1: the share of the images sent to the
+    class, over the epoch the trigger comes from; NC's code averages per batch, the same but for a shorter last
+    batch); ``reached``: whether that success reached the threshold (False: the last epoch's trigger, a
+    fallback); ``cost``: λ at the end of the optimisation.
     """
 
     mask: torch.Tensor

@@ -126,23 +126,24 @@ class REFINE:
 
         ``pseudo``: ȳ of the batch if already known (labels of the clean images), else argmax F(x) of
         the augmented batch itself, as the authors' code does. ``unet``/``model``: compiled versions of
-        T and F to run instead of the plain modules (same parameters).
+        T and F to run instead of the plain modules (same parameters). Mixed precision is the caller's (the
+        training loop runs this under bf16 autocast on CUDA); the losses themselves are computed in fp32.
         """
         unet = self.unet if unet is None else unet
         model = self.model if model is None else model
         if pseudo is None:
             with torch.no_grad(), autocast(self.device, self.amp and not self.pseudo_fp32):
                 pseudo = model(x).argmax(1)  # ȳ: the defender never sees true labels
-        with autocast(self.device, self.amp):
-            transformed = unet(x)
-            remapped = self.remap(model(transformed))
-        cls = remapped_loss(remapped, pseudo, self.loss)
-        total = cls
-        parts = {"cls": cls.detach()}
-        if self.lam > 0:
-            con = supcon_loss(transformed, pseudo, self.temperature, self.supcon_views)
-            total = total + self.lam * con
-            parts["supcon"] = con.detach()
+        transformed = unet(x)
+        remapped = self.remap(model(transformed))
+        with torch.autocast(self.device.type, enabled=False):  # fp32 losses (BCE refuses autocast)
+            cls = remapped_loss(remapped, pseudo, self.loss)
+            total = cls
+            parts = {"cls": cls.detach()}
+            if self.lam > 0:
+                con = supcon_loss(transformed, pseudo, self.temperature, self.supcon_views)
+                total = total + self.lam * con
+                parts["supcon"] = con.detach()
         parts["agree"] = (remapped.argmax(1) == pseudo).float().mean().detach()
         return total, parts
 
@@ -191,6 +192,7 @@ class REFINE:
         modules = {"unet": self.unet, "model": self.model}
         fit(loss_fn, modules, images, labels, optimizer=opt, epochs=epochs, batch_size=batch_size,
             device=self.device, seed=self.seed, streams="refine-", trainable=("unet",), prepare=prepare, lr=lr,
+            amp=self.amp,
             lr_at=lambda progress: lr_factor(schedule, progress, epochs, milestones, gamma), compile=compile,
             state=EpochState(state_path, {"unet": self.unet}, opt, fingerprint or {}) if state_path else None,
             evaluate=evaluate, eval_every=eval_every, log=log, desc="REFINE epoch", guard_every=10)

@@ -30,7 +30,7 @@ class VGG16(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """N×3×H×W -> output of the last block (after its max-pool): N×8·width×H/32×W/32 (N×512×1×1 on 32×32)."""
+        """N×3×H×W -> the last block's output, after its max-pool: N×8·width×H/32×W/32 (512×1×1 on 32×32)."""
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
