@@ -158,9 +158,3 @@ def test_preview_grid_has_a_row_per_stage(synthetic, tmp_path):
     image = cv2.imread(str(path))
     # rows: clean, inverted G(x), poisoned, purified; each 16 px upscaled 6x
     assert image.shape[:2] == (4 * 16 * 6, 4 * 16 * 6)
-
-
-class _Stop(Exception):
-    pass
-
-
