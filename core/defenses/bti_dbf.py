@@ -50,7 +50,7 @@ Deviations from the authors' code (github.com/xuxiong0214/BTIDBF), each for a st
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -63,10 +63,15 @@ from ..errors import UserError
 from ..models import Classifier, GeneratorUNet
 from ..seeding import derive_seed, generator
 from ..train import RandomStream, Stages, autocast, fit, frozen, make_optimizer, resolve_device
-from ..checks import integer
+from ..checks import integer, number
 from ..settings import from_dataclass
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .parts import DeployedModel, Purifier
+
+
+def _declared(default, help_text: str, check=None):
+    """A field of :class:`BTIDBFConfig` that also declares the setting (core.settings.from_dataclass)."""
+    return field(default=default, metadata={"help": help_text, **({"check": check} if check else {})})
 
 
 @dataclass
@@ -76,46 +81,51 @@ class BTIDBFConfig:
     Epoch counts are passes over the defender's data; every optimizer is Adam without weight decay.
     """
 
-    batch_size: int = 128
-    augment: bool = True  # random crop (zero padding ``crop_padding``) + horizontal flip on every batch
-    crop_padding: int = 4
+    batch_size: int = _declared(128, "batch size of every phase", integer(1))
+    augment: bool = _declared(True, "random crop (zero padding crop_padding) + horizontal flip on every batch")
+    crop_padding: int = _declared(4, "padding of the random crop")
     # (1) decoupling benign features
-    mask_epochs: int = 20
-    mask_lr: float = 0.01
+    mask_epochs: int = _declared(20, "epochs of the feature mask (each round)", integer(0))
+    mask_lr: float = _declared(0.01, "learning rate of the feature mask", number(0, lo_open=True))
     # (2) the generators (trigger G and purifier P): UNet width and depth
-    generator_channels: int = 32
-    generator_blocks: int = 4  # encoder blocks, each halving the resolution: at most log2(image side) − 1
+    generator_channels: int = _declared(32, "first-layer width of the generators G and P", integer(1))
+    generator_blocks: int = _declared(4, "encoder blocks of the generators, each halving the resolution: at most "
+                                         "log2(image side) - 1", integer(1))
     # identity pre-training of G
-    pretrain_epochs: int = 50
-    pretrain_lr: float = 1e-3
-    pretrain_pixel_bound: float = 0.1  # pixel MSE above this: weight ``pretrain_pixel_high``, else ``..._low``
-    pretrain_pixel_high: float = 100.0
-    pretrain_pixel_low: float = 0.01
+    pretrain_epochs: int = _declared(50, "epochs of G's identity pre-training", integer(0))
+    pretrain_lr: float = _declared(1e-3, "learning rate of G's identity pre-training", number(0, lo_open=True))
+    pretrain_pixel_bound: float = _declared(0.1, "pre-training: pixel MSE above this gets weight pretrain_pixel_high, "
+                                                 "else pretrain_pixel_low")
+    pretrain_pixel_high: float = _declared(100.0, "pre-training: weight of a pixel MSE above the bound")
+    pretrain_pixel_low: float = _declared(0.01, "pre-training: weight of a pixel MSE below the bound")
     # inversion
-    inversion_epochs: int = 30
-    generator_lr: float = 1e-3
-    norm_bound: float = 0.3  # L_norm above this, or L_ben above ``ben_bound``: the step minimises L_norm only
-    ben_bound: float = 3.0
-    ben_weight: float = 0.01  # the loss otherwise: −L_bd + ben_weight · L_ben
-    target_weight: float = 1.0  # (U) and (P), rounds ≥ 2: + target_weight · CE(f(G(x)), detected target)
+    inversion_epochs: int = _declared(30, "epochs of the trigger inversion (each round)", integer(0))
+    generator_lr: float = _declared(1e-3, "learning rate of G in the inversion", number(0, lo_open=True))
+    norm_bound: float = _declared(0.3, "inversion: L_norm above this, or L_ben above ben_bound, makes the step "
+                                       "minimise L_norm only")
+    ben_bound: float = _declared(3.0, "inversion: bound of L_ben (see norm_bound)")
+    ben_weight: float = _declared(0.01, "inversion: the loss otherwise is -L_bd + ben_weight * L_ben")
+    target_weight: float = _declared(1.0, "(U) and (P), rounds >= 2: weight of CE(f(G(x)), detected target)")
     # (3) target detection
-    vote_noise: float = 0.03  # std of the Gaussian noise added (in normalized space) before G in the vote
+    vote_noise: float = _declared(0.03, "std of the Gaussian noise added (normalized space) before G in the vote")
     # (4) BTI-DBF(U) and (5) BTI-DBF(P)
-    rounds: int = 5
-    mix_fraction: float = 0.1  # int(mix_fraction · batch + mix_extra) images of each batch are replaced by G(x)
-    mix_extra: int = 1
+    rounds: int = _declared(5, "rounds of mask, inversion and unlearning / purification", integer(1))
+    mix_fraction: float = _declared(0.1, "int(mix_fraction * batch + mix_extra) images of each batch are replaced "
+                                         "by G(x)", number(0, 1))
+    mix_extra: int = _declared(1, "see mix_fraction")
     # (4) BTI-DBF(U)
-    unlearn_epochs: int = 30
-    unlearn_lr: float = 1e-4
-    unlearn_feature_weight: float = 1.0  # weight of MSE(f_b(x_mix), f_b(x))
+    unlearn_epochs: int = _declared(30, "(U): unlearning epochs (each round)", integer(0))
+    unlearn_lr: float = _declared(1e-4, "(U): unlearning learning rate", number(0, lo_open=True))
+    unlearn_feature_weight: float = _declared(1.0, "(U): weight of MSE(f_b(x_mix), f_b(x))")
     # (5) BTI-DBF(P)
-    purify_epochs: int = 30
-    purify_lr: float = 1e-3
-    purify_noise: float = 0.03  # std of the Gaussian noise added (normalized space) to P's training input
-    purify_norm_bound: float = 0.05  # pixel MSE above this: weight ``purify_pixel_high``, else ``..._low``
-    purify_pixel_high: float = 100.0
-    purify_pixel_low: float = 1.0
-    purify_feature_weight: float = 1.0  # weight of MSE(f_b(P(x̃)), f_b(x))
+    purify_epochs: int = _declared(30, "(P): purifier epochs (each round)", integer(0))
+    purify_lr: float = _declared(1e-3, "(P): purifier learning rate", number(0, lo_open=True))
+    purify_noise: float = _declared(0.03, "(P): std of the Gaussian noise added (normalized space) to P's input")
+    purify_norm_bound: float = _declared(0.05, "(P): pixel MSE above this gets weight purify_pixel_high, else "
+                                               "purify_pixel_low")
+    purify_pixel_high: float = _declared(100.0, "(P): weight of a pixel MSE above the bound")
+    purify_pixel_low: float = _declared(1.0, "(P): weight of a pixel MSE below the bound")
+    purify_feature_weight: float = _declared(1.0, "(P): weight of MSE(f_b(P(x~)), f_b(x))")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -681,8 +691,6 @@ __all__ = ["BTIDBFConfig", "GeneratorUNet", "Purifier", "bti_dbf_purify", "bti_d
 # -- behind the common defense interface (defend.py --defense BTI-DBF-U / BTI-DBF-P) ----------------------------
 # every BTIDBFConfig field is a setting (flag --<name with dashes>), but the augmentation, which is always on
 BTI_DBF_SETTINGS = from_dataclass(BTIDBFConfig, exclude=("augment", "crop_padding"), label="BTI-DBF: ")
-BTI_DBF_SETTINGS.update({key: replace(BTI_DBF_SETTINGS[key], check=integer(1))
-                         for key in ("rounds", "batch_size", "generator_channels", "generator_blocks")})
 
 
 def _resumable(ctx: FitContext) -> dict:
