@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_synthetic
 from core.attacks import ATTACKS, attack_class, restore_attack
-from core.attacks.base import CLEAN, COVER, PAYLOAD
+from core.attacks.base import CLEAN, PAYLOAD
 from core.data import Split, to_float
 from core.train import train_classifier
 
@@ -35,8 +35,9 @@ def tiny_clean_model() -> torch.nn.Module:
 
 
 def build(name, tmp_path):
-    """The attack ``name`` for 224-pixel images, with enough payload and cover samples among N images."""
-    extra = {"LC": dict(clean_model=tiny_clean_model(), cache_dir=tmp_path / "pgd", lc_steps=2, lc_step=4.0),
+    """The attack ``name`` for 224-pixel images, with enough payload and cover samples among N images (LC: two
+    PGD steps of 6/255 overshoot ε = 8/255, so that the projection onto the ε-ball matters)."""
+    extra = {"LC": dict(clean_model=tiny_clean_model(), cache_dir=tmp_path / "pgd", lc_steps=2, lc_step=6.0),
              "Adaptive": dict(cover_rate=0.1)}.get(name, {})
     return attack_class(name)(y_target=TARGET, poisoned_rate=RATE, seed=0, image_size=SIZE, **extra)
 

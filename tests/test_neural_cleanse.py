@@ -30,9 +30,9 @@ def one_thread():
 # NC's defaults but 10 epochs of 4 steps (64 clean images, batches of 16), the 4 classes in one batched pass.
 # On this toy problem every class has a few-pixel "natural trigger" once the masks fully converge (after ~40
 # epochs all four norms were 2-10 pixels and nothing was flagged): NC tells the backdoor by how much faster its
-# mask shrinks, which this budget captures. With conftest's toy model, NC seeds 0-19 flag class 1 alone, but
-# seed 2, which flags nothing (TEST_SEEDS=0-19, with core.train.fit's batch order; with NC's own earlier batch
-# order all 20 did). Other model seeds are less kind: over attack/init seeds 0-5 × NC seeds 0-2, models 2 and 4
+# mask shrinks, which this budget captures. With conftest's toy model (400 images, 6 epochs), NC seeds 0-19 all
+# flag class 1 alone (TEST_SEEDS=0-19, with core.train.fit's batch order; trained on 600 images for 8 epochs,
+# seed 2 flagged nothing). Other model seeds are less kind: over attack/init seeds 0-5 × NC seeds 0-2, models 2 and 4
 # were never flagged (NC's mask for the target stalls at 40-50 pixels), the other four always; 6 or 8 classes,
 # a 4×4 or white trigger, no flip, or test_refine's longer training did not do better.
 FAST = dict(epochs=10, batch_size=16, classes_per_pass=NUM_CLASSES)
