@@ -152,7 +152,9 @@ def _defender_data(config: dict, train, defense_cls):
 
 def write_preview(path, deployed, defense, test, poisoned_test, seed: int, count: int = 10) -> Path:
     """A PNG grid, one column per test image: clean; the defense's own rows (BTI-DBF: inverted G(x)); poisoned;
-    the poisoned image after the deployed input transform (REFINE's T(x), the purified image, ShrinkPad's)."""
+    the poisoned image after the deployed input transform (REFINE's T(x), the purified image, ShrinkPad's).
+    ``count`` columns at most: fewer when either test set is smaller."""
+    count = min(count, len(test), len(poisoned_test) if poisoned_test is not None else count)
     clean = to_float(test.images[:count])
     rows = [clean, *defense.preview_rows(clean).values()]
     if poisoned_test is not None:

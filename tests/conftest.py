@@ -6,11 +6,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# OpenMP's idle threads spin (GNU default) until the next parallel region: on 2 cores shared with other work a
-# spinning thread holds the core its partner waits for, and the tiny kernels of these tests crawl (4 epochs of a
-# toy model like the one below, 2 threads beside other work: 80 s spinning, 12 s waiting passively; the same
-# numbers either way). Read once, when torch loads OpenMP: hence before the first import of torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's idle threads spin (GNU: 300,000 times) before they sleep: on 2 cores shared with other work a spinning
+# thread holds the core its partner waits for, and the tiny kernels of these tests crawl. The toy model below, 2
+# threads beside 3 busy processes: 21 s spinning, 12 s with 1,000 spins, 10 s with none (OMP_WAIT_POLICY=PASSIVE);
+# on an idle machine 3.2, 3.7 and 5.3 s (waiting only: the same computation). libgomp reads it once, on loading:
+# hence before the first import of torch.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

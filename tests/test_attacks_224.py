@@ -205,7 +205,9 @@ def test_attack_poisons_224_pixel_images(name, data, tmp_path):
         assert tmp_path / "run" / "trigger.pth" in written
         saved = torch.load(tmp_path / "run" / "trigger.pth", weights_only=True)
         assert saved.keys() == attack.trigger_tensors().keys()
-    restored = restore_attack(attack.config(), saved, image_size=SIZE)  # as refine.py rebuilds the poisoned test set
+    torch.save({"attack": attack.config(), "trigger": saved}, tmp_path / "meta.pth")
+    meta = torch.load(tmp_path / "meta.pth", weights_only=True)  # as model.pth's meta reaches refine.py
+    restored = restore_attack(meta["attack"], meta["trigger"], image_size=SIZE)  # as refine.py rebuilds the test set
     assert type(restored) is type(attack)
     assert torch.equal(restored.poison_test(data).images, test.images)
     preview = cv2.imread(str(attack.save_preview(data, tmp_path / "run" / "preview.png")), cv2.IMREAD_COLOR)
