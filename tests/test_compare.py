@@ -11,6 +11,7 @@ from conftest import write_tree
 from core.errors import UserError
 from core.runlog import read_latest
 from core.tables import NO_DEFENSE, detection_rows, load_csv, markdown, table_rows, write_tables
+from core.settings import flatten
 
 
 def _final(ba, asr, total=1000):
@@ -123,7 +124,7 @@ def test_compare_end_to_end_runs_once_and_reads_the_runs(tmp_path, monkeypatch, 
                 metrics["final"]["BA"], metrics["final"]["ASR"])
             assert f"{metrics['final']['BA']:.2f}" in text
             assert metrics["attack"]["y_target"] == 0
-    ft = yaml.safe_load((read_latest(tmp_path / "defense/CIFAR10/ResNet18/BadNets/FT") / "config.yaml").read_text())
+    ft = flatten(yaml.safe_load((read_latest(tmp_path / "defense/CIFAR10/ResNet18/BadNets/FT") / "config.yaml").read_text()))
     assert ft["ft_epochs"] == 1 and ft["preset"] == "mini"  # the defense config's FT section reached the FT job
 
     before = _tree_state(tmp_path / "attack") | _tree_state(tmp_path / "defense")
@@ -177,7 +178,7 @@ def test_sweep_gives_one_column_per_value_and_table_only_finds_each(tmp_path, mo
     compare.main(argv + ["--out-table", str(tmp_path / "sweep")])
     row = load_csv(tmp_path / "sweep.csv")[0]
     runs = sorted((tmp_path / "defense" / "CIFAR10" / "ResNet18" / "BadNets" / "ShrinkPad").glob("mini_*"))
-    sizes = sorted(yaml.safe_load((r / "config.yaml").read_text())["pad_size"] for r in runs)
+    sizes = sorted(flatten(yaml.safe_load((r / "config.yaml").read_text()))["pad_size"] for r in runs)
     assert sizes == [0, 3]  # one run per value
     # pad 0 changes no image: the same predictions as without defense
     assert row["ShrinkPad pad_size=0 BA"] == row[f"{NO_DEFENSE} BA"]
@@ -187,7 +188,7 @@ def test_sweep_gives_one_column_per_value_and_table_only_finds_each(tmp_path, mo
     assert load_csv(tmp_path / "only.csv")[0] == row
     only = (tmp_path / "only.md").read_text()
     for run in runs:  # each column is read from the run of its own value
-        size = yaml.safe_load((run / "config.yaml").read_text())["pad_size"]
+        size = flatten(yaml.safe_load((run / "config.yaml").read_text()))["pad_size"]
         assert f"BadNets / ShrinkPad pad_size={size}: `{(run / 'metrics.json').relative_to(tmp_path.resolve())}`" in only
 
     plain = [a for a in argv if a not in ("--sweep", "pad_size=0,3")]

@@ -14,6 +14,7 @@ from core.checkpoint import atomic_save, atomic_write, load_classifier, safe_loa
 from core.errors import UserError
 from core.models import build_classifier
 from core.runlog import RunLog, point_latest, read_latest
+from core.settings import flatten
 from test_validation import run_main, snapshot, write_tree
 
 
@@ -64,7 +65,7 @@ def test_other_seed_gets_its_own_folder_and_a_finished_run_is_never_touched(data
     assert not torch.equal(torch.load(seed0 / "trigger.pth")["pattern"], torch.load(seed1 / "trigger.pth")["pattern"])
 
     # the run folder records absolute paths, so it can be read from any working directory
-    config = yaml.safe_load((seed1 / "config.yaml").read_text())
+    config = flatten(yaml.safe_load((seed1 / "config.yaml").read_text()))
     assert Path(config["out"]).is_absolute() and Path(config["data_root"]).is_absolute()
     settings = json.loads((seed1 / "run.json").read_text())["settings"]
     assert "out" not in settings and "device" not in settings and settings["seed"] == 1
