@@ -1,6 +1,7 @@
 """Tiny synthetic data for fast, deterministic tests (no real data set needed), and the toy backdoored model
 that several test files defend (trained once per session, handed out as copies)."""
 import copy
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+sys.path.insert(0, str(ROOT))
 from core.data import Split  # noqa: E402  (importing core first sets its CPU flags before threads start)
+from core.cli import main_guard  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -134,3 +137,55 @@ def toy_backdoor(toy_backdoors) -> ToyBackdoor:
     """This test's own copy of the toy backdoored model (see :func:`train_toy_backdoor`): whatever it does to
     the model cannot reach another test."""
     return toy_backdoors()
+
+
+# -- running the scripts in this process ---------------------------------------------------------------------
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_{name}_script", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPTS = {name: _load_script(name) for name in ("attack", "refine")}
+
+
+def snapshot(*roots: Path) -> dict:
+    """path -> bytes (or symlink target) of everything under ``roots``; a missing root maps to None."""
+    state = {}
+    for root in roots:
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for folder, dirs, files in os.walk(root):
+            for name in dirs + files:
+                p = Path(folder) / name
+                state[str(p)] = ("link", os.readlink(p)) if p.is_symlink() else (
+                    p.read_bytes() if p.is_file() else "dir")
+    return state
+
+
+def run_main(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Runs ``<script>.py``'s main(argv) in this process as its ``__main__`` block does (through main_guard).
+
+    Any exception other than SystemExit escapes and fails the test: that is the traceback a user would see.
+    """
+    capsys.readouterr()
+    try:
+        main_guard(lambda: SCRIPTS[script].main(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- tiny runs of attack.py ------------------------------------------------------------------------------------
+def attack(data, out, *extra):
+    """attack.py's argv for a one-epoch width-4 mini run on a tiny data tree."""
+    return ["--data-root", str(data), "--out", str(out), "--preset", "mini", "--width", "4", "--epochs", "1",
+            "--test-size", "20", "--device", "cpu", *extra]
+
+
+def runs(parent: Path) -> list[Path]:
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())

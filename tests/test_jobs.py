@@ -9,16 +9,13 @@ import torch
 
 from core.attacks import ATTACKS
 from core.runlog import read_run_record
-from test_run_safety import attack, runs
-from test_validation import run_main, write_tree
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, attack, run_main, runs, write_tree
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_tree(root)
+    write_tree(root, per_class=4)
     return root
 
 

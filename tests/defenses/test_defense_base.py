@@ -14,7 +14,7 @@ from core.errors import UserError
 from core.models import UNet, build_classifier
 from core.train import fit, train_classifier
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUIET = FitContext(device="cpu", log=lambda message: None)
 TINY_BTI = dict(rounds=1, mask_epochs=1, pretrain_epochs=1, inversion_epochs=1, unlearn_epochs=1, purify_epochs=1,
                 generator_channels=4, generator_blocks=2, batch_size=16)

@@ -11,7 +11,7 @@ from core.defenses import DeployedModel, LabelRemap, load_deployed, save_deploye
 from core.errors import UserError
 from core.models import NORMALIZATIONS, UNet, build_classifier, resolve_normalization
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BACKDOORBOX = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 

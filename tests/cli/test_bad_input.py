@@ -1,7 +1,6 @@
 """Bad option values - typed or carried by a YAML file - stop attack.py and refine.py up front: one line
 naming the flag and the allowed values, exit status 2, no traceback and nothing written. A diverging run
 stops with one line too, and is never saved as a result."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,62 +11,14 @@ import pytest
 import torch
 
 from core.checkpoint import save_classifier
-from core.cli import main_guard
 from core.models import build_classifier
-from conftest import write_tree as _write_tree
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_{name}_script", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPTS = {name: _load_script(name) for name in ("attack", "refine")}
-
-
-def write_tree(root: Path, per_class=4, size=32, classes=10):
-    _write_tree(root, per_class, size, classes)
-
-
-def snapshot(*roots: Path) -> dict:
-    """path -> bytes (or symlink target) of everything under ``roots``; a missing root maps to None."""
-    state = {}
-    for root in roots:
-        if not root.exists():
-            state[str(root)] = None
-            continue
-        for folder, dirs, files in os.walk(root):
-            for name in dirs + files:
-                p = Path(folder) / name
-                state[str(p)] = ("link", os.readlink(p)) if p.is_symlink() else (
-                    p.read_bytes() if p.is_file() else "dir")
-    return state
-
-
-def run_main(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
-    """Runs ``<script>.py``'s main(argv) in this process as its ``__main__`` block does (through main_guard).
-
-    Any exception other than SystemExit escapes and fails the test: that is the traceback a user would see.
-    """
-    capsys.readouterr()
-    try:
-        main_guard(lambda: SCRIPTS[script].main(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from conftest import ROOT, SCRIPTS, run_main, snapshot, write_tree
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny data, an (untrained) model file to defend, and output roots that already hold something."""
     root = tmp_path_factory.mktemp("world")
-    write_tree(root / "data")
+    write_tree(root / "data", per_class=4)
     torch.manual_seed(0)
     save_classifier(root / "model.pth", build_classifier("ResNet18", "CIFAR10", 10, width=4))
     for out in ("attack_out", "refine_out"):

@@ -15,29 +15,20 @@ from core.errors import UserError
 from core.models import build_classifier
 from core.runlog import RunLog, point_latest, read_latest
 from core.settings import flatten
-from test_validation import run_main, snapshot, write_tree
+from conftest import attack, run_main, runs, snapshot, write_tree
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_tree(root)
+    write_tree(root, per_class=4)
     return root
-
-
-def attack(data, out, *extra):
-    return ["--data-root", str(data), "--out", str(out), "--preset", "mini", "--width", "4", "--epochs", "1",
-            "--test-size", "20", "--device", "cpu", *extra]
 
 
 def refine(data, out, model, *extra):
     return ["--data-root", str(data), "--out", str(out), "--model-path", str(model), "--preset", "mini",
             "--unet-channels", "4", "--epochs", "1", "--compile", "false", "--test-size", "20", "--device", "cpu",
             "--attack-dir", str(out.parent / "no_attacks_here"), *extra]
-
-
-def runs(parent: Path) -> list[Path]:
-    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())
 
 
 def test_other_seed_gets_its_own_folder_and_a_finished_run_is_never_touched(data, tmp_path, capsys):
