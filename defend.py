@@ -14,7 +14,7 @@ config.yaml, defended_model.pth (input transform, classifier, output map; loadab
 core.load_deployed). Run the same command again to resume; a finished run is reported, not retrained.
 """
 from core.cli import add_layers, main_guard, new_parser
-from core.config import resolve
+from core.config import CONFIG_DIR, resolve
 from core.defenses import DEFENSES, defense_class
 from core.errors import UserError
 from core.runlog import format_metrics
@@ -59,8 +59,8 @@ def main(argv=None):
         flag = "--" + foreign[0].replace("_", "-")
         raise UserError(f"{flag} is a setting of {', '.join(owners[foreign[0]])}, not of {cls.name}; "
                         f"`python defend.py --list` shows each defense's settings")
-    if "preset" not in args and cls.name == "REFINE":
-        args.preset = "paper"
+    if "preset" not in args and (CONFIG_DIR / cls.preset_task / "paper.yaml").is_file():
+        args.preset = "paper"  # the paper's settings: the built-in defaults plus the per-data-set sections
     run_defense(resolve(cls.preset_task, defaults_for(cls.name), args))
 
 

@@ -125,16 +125,16 @@ def poisoned_testset(config: dict, meta: dict, test, image_size: int, log=None):
 
 
 def default_out(defense: str) -> str:
-    return "refine_res" if defense_class(defense).name == "REFINE" else "defense_res"
+    return defense_class(defense).output_root
 
 
 def defense_root(config: dict) -> Path:
     """Holds one folder per run of the config's defense and the ``latest`` pointer:
-    ``<out>/<DATASET>/<MODEL>/<ATTACK>/<DEFENSE>``; REFINE: ``<out>/<DATASET>/<MODEL>/<ATTACK>`` (the official
-    layout). ``out`` None: refine_res for REFINE, defense_res for the others."""
+    ``<out>/<DATASET>/<MODEL>/<ATTACK>/<DEFENSE>``, or ``<out>/<DATASET>/<MODEL>/<ATTACK>`` for a defense without
+    ``own_folder`` (REFINE's official layout). ``out`` None: the defense's ``output_root``."""
     name = defense_class(config["defense"]).name
     root = Path(config["out"] or default_out(name)) / config["dataset"] / config["model"] / str(config["attack"])
-    return root if name == "REFINE" else root / name
+    return root / name if defense_class(name).own_folder else root
 
 
 def _defender_data(config: dict, train, defense_cls):

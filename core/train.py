@@ -500,17 +500,6 @@ def train_classifier(
     model: nn.Module,
     train: Split,
     *,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float = 0.1,
-    optimizer: str = "SGD",
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str = "multistep",
-    milestones=(100, 130),
-    gamma: float = 0.1,
-    label_smoothing: float = 0.0,
-    augment: str = "crop_flip",
     device="cpu",
     amp: bool = True,
     seed: int = 0,
@@ -523,18 +512,29 @@ def train_classifier(
     batch_hook: Callable | None = None,
     compile: bool = False,
     fused: bool = False,
+    **recipe,
 ) -> nn.Module:
     """Trains ``model`` (images in [0, 1] -> logits) with cross-entropy on ``train``, through :func:`fit`.
 
-    The training images go to ``device`` once, as uint8; batches are augmented there. With
-    ``state_path`` the run is resumable: the epoch state is saved after every epoch and reloaded on start.
-    ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one. A non-finite loss
-    raises :class:`DivergedError` (see :class:`LossGuard`); the state of the last good epoch stays saved.
-    ``batch_hook(x, roles, generator)``: an attack's per-batch transformation (see
+    ``recipe``: the settings of :data:`CLASSIFIER_RECIPE` (``epochs``, ``batch_size``, ``lr``, ``optimizer``,
+    ``momentum``, ``weight_decay``, ``schedule``, ``milestones``, ``gamma``, ``label_smoothing``, ``augment``),
+    each defaulting to its declaration (the paper's). The training images go to ``device`` once, as uint8;
+    batches are augmented there. With ``state_path`` the run is resumable: the epoch state is saved after every
+    epoch and reloaded on start. ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one.
+    A non-finite loss raises :class:`DivergedError` (see :class:`LossGuard`); the state of the last good epoch
+    stays saved. ``batch_hook(x, roles, generator)``: an attack's per-batch transformation (see
     :meth:`core.attacks.Attack.train_hook`), applied before ``augment``; ``roles``: uint8 N, each sample's role.
     ``compile``: full batches run through ``torch.compile(model)`` (eager again where compilation fails);
     ``fused``: fused optimizer kernels on CUDA. Both are speed-ups only: the same computation.
     """
+    unknown = set(recipe) - set(CLASSIFIER_RECIPE)
+    if unknown:
+        raise TypeError(f"train_classifier has no setting(s) {', '.join(sorted(unknown))}")
+    recipe = {**{k: s.default for k, s in CLASSIFIER_RECIPE.items()}, **recipe}
+    epochs, batch_size, lr, optimizer = recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["optimizer"]
+    momentum, weight_decay, schedule = recipe["momentum"], recipe["weight_decay"], recipe["schedule"]
+    milestones, gamma, label_smoothing = recipe["milestones"], recipe["gamma"], recipe["label_smoothing"]
+    augment = recipe["augment"]
     device = torch.device(device)
     layout = memory_format(device)
     model.to(device).to(memory_format=layout)

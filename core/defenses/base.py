@@ -82,6 +82,8 @@ class Defense:
     preset_task = "defense"  # presets come from configs/<preset_task>/<preset>.yaml (REFINE: configs/refine/)
     detects_target = False  # fit() fills ``detection['target']`` (the class it names as the backdoor's target)
     compared_by_default = True  # a column of compare.py when --defenses is not given (the paper's Table 1-2 set)
+    output_root = "defense_res"  # default --out; runs go to <out>/<DATASET>/<MODEL>/<ATTACK>/<name>/<run>
+    own_folder = True  # False: <out>/<DATASET>/<MODEL>/<ATTACK>/<run> (REFINE's official layout)
 
     def __init__(self, **values):
         unknown = set(values) - set(self.settings)

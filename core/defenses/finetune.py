@@ -61,6 +61,7 @@ class FineTuningRefine(RefineDefense):
     summary = "fine-tuning, then REFINE around the fine-tuned model (paper Appendix G)"
     labelled = True
     preset_task = "defense"
+    output_root, own_folder = "defense_res", True
     settings = {**RefineDefense.settings, **FT_SETTINGS, "data_fraction": defender_share(0.05)}
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:

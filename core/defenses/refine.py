@@ -209,6 +209,7 @@ class RefineDefense(Defense):
     order = 0
     summary = "UNet input transform + label derangement around the frozen model, unlabeled data (the paper)"
     preset_task = "refine"
+    output_root, own_folder = "refine_res", False  # the official repository's layout
     settings = {**METHOD, **RECIPE, "data_fraction": defender_share(1.0)}
 
     def transform(self, data: Split) -> nn.Module:

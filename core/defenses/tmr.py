@@ -18,6 +18,7 @@ class TMR(RefineDefense):
     order = 60
     summary = "REFINE with a universal additive perturbation instead of the UNet (paper Appendix D.6)"
     preset_task = "defense"
+    output_root, own_folder = "defense_res", True
     settings = {k: v for k, v in RefineDefense.settings.items() if k != "unet_channels"}
 
     def transform(self, data: Split) -> nn.Module:
