@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from .checks import Bad, Check, boolean, integer, name, number, text
 from .errors import UserError

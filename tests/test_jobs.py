@@ -2,7 +2,6 @@
 trained by one process at a time."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,7 +1,5 @@
 """Settings are declared once: flags, defaults, checks, the hash's sections and docs/flags.md all come from the
 declarations."""
-import argparse
-
 import pytest
 
 from core.attacks import ATTACKS

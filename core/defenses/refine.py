@@ -222,13 +222,14 @@ class RefineDefense(Defense):
         refine = REFINE(self.transform(data), model, model.spec["num_classes"], seed=ctx.seed, device=ctx.device,
                         amp=ctx.amp, **method)
         ctx.log(f"label mapping (class j -> position): {refine.remap.permutation.tolist()}")
-        evaluate = None
-        if ctx.evaluate:
-            def evaluate(epoch):
-                return ctx.evaluate(refine.defended_model(), epoch, final=epoch == self.epochs)
+
+        def evaluate(epoch):
+            return ctx.evaluate(refine.defended_model(), epoch, final=epoch == self.epochs)
+
         refine.train(data.images, **{k: self.values[k] for k in RECIPE}, pseudo_labels=self.pseudo_labels,
                      compile=ctx.compile, fused=ctx.fused, state_path=ctx.state_path("train_state.pth"),
-                     fingerprint=ctx.fingerprint, evaluate=evaluate, eval_every=ctx.eval_every, log=ctx.log)
+                     fingerprint=ctx.fingerprint, evaluate=evaluate if ctx.evaluate else None,
+                     eval_every=ctx.eval_every, log=ctx.log)
         return refine.defended_model()
 
     def write_outputs(self, deployed: DeployedModel, folder: Path) -> list[Path]:

@@ -2,7 +2,6 @@
 naming the flag and the allowed values, exit status 2, no traceback and nothing written. A diverging run
 stops with one line too, and is never saved as a result."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from core.checkpoint import save_classifier
 from core.models import build_classifier
-from conftest import ROOT, SCRIPTS, run_main, snapshot, write_tree
+from conftest import ROOT, run_main, snapshot, write_tree
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
