@@ -41,7 +41,7 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     A preset may hold per-dataset sections (``CIFAR10: {...}``), per-defense sections (``BTI-DBF-P: {...}``,
     in the presets of defend.py) and per-attack sections (``WaNet: {...}``, for an attack that needs its own
     recipe), applied in that order after its common keys. Values are not
-    checked here: :func:`core.validate.validate` checks the merged result, whichever layer set them.
+    checked here: :func:`core.jobs.validate_job` checks the merged result against the settings' declarations, whichever layer set them.
     """
     given = {k: v for k, v in vars(args).items() if k not in ("preset", "config")}
     config = dict(defaults)

@@ -31,15 +31,6 @@ def attack_class(name: str) -> type[Attack]:
     return ATTACKS.get(name)
 
 
-def all_settings() -> dict:
-    """Every per-attack setting: key -> (its Setting, the attacks that declare it)."""
-    found: dict = {}
-    for cls in ATTACKS.values():
-        for key, setting in cls.settings.items():
-            found.setdefault(key, (setting, []))[1].append(cls.name)
-    return found
-
-
 def build_attack(name: str, **kwargs) -> Attack:
     """Constructs an attack by its registry name or alias (see :class:`Attack` for the arguments)."""
     return attack_class(name)(**kwargs)
@@ -59,5 +50,5 @@ def restore_attack(config: dict, tensors: dict | None, **kwargs) -> Attack:
 
 
 __all__ = ["ATTACKS", "AdaptivePatch", "Attack", "BATT", "BadNets", "Benign", "Blended", "LabelConsistent",
-           "POISONING", "PhysicalBA", "PoisonPlan", "WaNet", "all_settings", "attack_class", "build_attack",
+           "POISONING", "PhysicalBA", "PoisonPlan", "WaNet", "attack_class", "build_attack",
            "canonical_name", "register_attack", "restore_attack"]
