@@ -8,9 +8,16 @@ import sys
 from .errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """argparse's own refusals (an unknown flag, a missing value) as one line, like the toolkit's checks."""
+        raise UserError(f"{message}; `{self.prog} --help` lists the flags")
+
+
 def new_parser(description: str) -> argparse.ArgumentParser:
-    """A parser whose flags have no defaults, so only typed flags override presets and config files."""
-    return argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    """A parser whose flags have no defaults, so only typed flags override presets and config files. Its
+    refusals are UserErrors: one line, exit status 2 (through :func:`main_guard`)."""
+    return _Parser(description=description, argument_default=argparse.SUPPRESS)
 
 
 def add_layers(parser: argparse.ArgumentParser, task: str) -> None:

@@ -124,12 +124,47 @@ def _read_tarball(archive: Path, dataset: str, split: str, size: int):
     return _stack(images, labels, classes, size, str(archive))
 
 
+# What a CIFAR-10 batch pickle may name: numpy arrays and their dtypes. Anything else - a __reduce__ payload that
+# would run code - is refused: data files are as untrusted as checkpoints.
+_CIFAR_PICKLE_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                         for n in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _Forbidden(pickle.UnpicklingError):
+    """A pickle names a global that a CIFAR-10 batch never holds."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _Forbidden(f"it names {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> dict:
+    """One batch file of torchvision's cifar-10-batches-py, read with :class:`_CifarUnpickler`."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {path.parent} is not a complete cifar-10-batches-py folder "
+                        f"(--download fetches one)")
+    try:
+        with open(path, "rb") as fh:
+            entry = _CifarUnpickler(fh, encoding="latin1").load()
+    except _Forbidden as exc:
+        raise UserError(f"{path} is not a CIFAR-10 batch ({exc}); refused: data files are not allowed to run "
+                        f"code") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as exc:
+        raise UserError(f"{path} is truncated or corrupt ({type(exc).__name__}); fetch it again") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("data"), np.ndarray) \
+            or not isinstance(entry.get("labels"), list) or entry["data"].size != 3 * 32 * 32 * len(entry["labels"]):
+        raise UserError(f"{path} is not a CIFAR-10 batch (a dict of 'data': N 32x32 RGB images and N 'labels')")
+    return entry
+
+
 def _read_cifar_batches(folder: Path, split: str):
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     arrays, labels = [], []
     for name in files:
-        with open(folder / name, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
+        entry = _read_cifar_batch(folder / name)
         arrays.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(entry["labels"])
     return torch.from_numpy(np.concatenate(arrays)), torch.tensor(labels, dtype=torch.int64), CIFAR10_CLASSES

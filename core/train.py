@@ -63,9 +63,17 @@ def resolve_device(name: str | None = None) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = f"cuda:{name}" if str(name).isdigit() else str(name)
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or a GPU index N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or a GPU index N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return device
 
 
 def device_name(device: torch.device) -> str:

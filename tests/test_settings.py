@@ -52,7 +52,8 @@ def test_refine_switches_set_their_setting():
 def test_the_run_section_stays_out_of_the_hash_and_config_yaml_is_nested():
     settings = attack_job_settings()
     assert {"device", "out", "compile", "eval_every", "data_root"}.isdisjoint(hashed(settings))
-    assert {"seed", "epochs", "momentum", "y_target", "alpha", "dataset"} <= hashed(settings)
+    assert {"seed", "epochs", "momentum", "y_target", "alpha", "dataset", "poisoned_rate", "label_smoothing",
+            "train_size", "test_size"} <= hashed(settings)
     config = defaults(settings)
     nested = nest(config, settings)
     assert set(nested) <= set(SECTIONS) and nested["train"]["epochs"] == 150 and nested["run"]["device"] == "auto"

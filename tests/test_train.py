@@ -111,3 +111,15 @@ def test_fused_optimizer_is_a_no_op_on_the_cpu(synthetic):
     data = synthetic(32, size=16)
     for (k, a), b in zip(_few_steps(data).state_dict().items(), _few_steps(data, fused=True).state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_label_smoothing_reaches_the_loss(synthetic):
+    data = synthetic(32, size=16)
+    weights = []
+    for smoothing in (0.0, 0.3):
+        torch.manual_seed(0)
+        model = build_classifier("ResNet18", "CIFAR10", 4, width=4)
+        train_classifier(model, data, epochs=1, batch_size=16, lr=0.05, label_smoothing=smoothing, device="cpu",
+                         log=lambda m: None)
+        weights.append(model.net.linear.weight.detach().clone())
+    assert not torch.equal(*weights)

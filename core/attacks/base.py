@@ -136,7 +136,11 @@ class Attack:
         """Per-batch hook on float training images (device-side; ``roles`` uint8 N); identity by default."""
         return x
 
-    has_train_hook = False  # set by attacks that define train_hook, so that the loop can skip the call
+    @property
+    def has_train_hook(self) -> bool:
+        """Whether the training loop must call :meth:`train_hook`: true for an attack that defines one (an attack
+        may narrow it to the settings under which its hook changes anything, as BATT and WaNet do)."""
+        return type(self).train_hook is not Attack.train_hook
     cover_in_hook = False  # cover samples are triggered per batch by train_hook instead of once in memory
 
     def use_reference(self, model, cache_dir, device) -> None:

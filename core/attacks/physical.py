@@ -32,7 +32,6 @@ class PhysicalBA(BadNets):
     order = 4
     name = "Physical"
     aliases = ("PhysicalBA",)
-    has_train_hook = True
 
     def train_hook(self, x, roles, generator=None):
         return physical_transform(x, generator)  # every sample: see the module docstring

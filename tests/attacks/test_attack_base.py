@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.attacks import BadNets, Blended, build_attack
+from core.attacks import ATTACKS, BadNets, Blended, build_attack
 from core.errors import UserError
 
 
@@ -106,3 +106,18 @@ def test_refine_rebuilds_the_poisoned_test_set_from_the_saved_trigger_not_the_se
     # without saved tensors (a checkpoint of an older version) the seed rebuilds another trigger: the check can fail
     rebuilt, _, _ = poisoned_testset(config, {"attack": saved["attack"]}, test, 32)
     assert not torch.equal(rebuilt.images, poisoned.images)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_the_loop_calls_every_hook_that_changes_a_batch(synthetic, name):
+    """An attack whose per-batch hook changes the training batch must say so (``has_train_hook``), or the training
+    loop never calls it: e.g. PhysicalBA's transformations would silently not happen."""
+    from core.attacks.base import CLEAN, COVER, PAYLOAD
+    from core.data import to_float
+
+    settings = {"wanet_noise": True} if name == "WaNet" else {}
+    attack = build_attack(name, image_size=16, **settings)
+    x = to_float(synthetic(12, size=16).images)
+    roles = torch.tensor([CLEAN, PAYLOAD, COVER] * 4, dtype=torch.uint8)
+    changed = not torch.equal(attack.train_hook(x.clone(), roles, generator=torch.Generator().manual_seed(0)), x)
+    assert attack.has_train_hook == changed, name

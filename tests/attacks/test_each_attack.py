@@ -406,3 +406,16 @@ def test_save_preview_writes_a_four_row_grid(synthetic, tmp_path):
     first = test.images[0].permute(1, 2, 0).numpy()[:, :, ::-1]
     assert np.array_equal(img[:32 * up:up, :32 * up:up], first)
     assert (img[3 * 32 * up:3 * 32 * up + 10, :] == 128).all()
+
+
+def test_label_consistent_pgd_ascends_the_clean_models_loss(synthetic):
+    """PGD makes the poisoned images hard to learn: the clean model's loss on their true labels goes up."""
+    import torch.nn.functional as F
+    from core.data import to_float
+
+    data, model = synthetic(16, num_classes=3), tiny_model()
+    adv = lc_module.pgd_hard_to_learn(model, data.images, data.labels, 8 / 255, 2 / 255, 5, progress=False)
+    with torch.no_grad():
+        before = F.cross_entropy(model(to_float(data.images)), data.labels)
+        after = F.cross_entropy(model(to_float(adv)), data.labels)
+    assert after > before + 1e-3, (before, after)

@@ -158,3 +158,17 @@ def test_preview_grid_has_a_row_per_stage(synthetic, tmp_path):
     image = cv2.imread(str(path))
     # rows: clean, inverted G(x), poisoned, purified; each 16 px upscaled 6x
     assert image.shape[:2] == (4 * 16 * 6, 4 * 16 * 6)
+
+
+def test_fine_tuning_deploys_the_tuned_copy_not_the_given_model(synthetic):
+    model = _model()
+    deployed = FineTuning(ft_epochs=1, ft_batch_size=16).fit(model, synthetic(32), QUIET)
+    tuned, given = deployed.classifier.state_dict(), model.state_dict()
+    assert any(not torch.equal(tuned[k], given[k]) for k in given if given[k].is_floating_point())
+
+
+def test_tmr_applies_its_perturbation_in_eval_mode_too(synthetic):
+    deployed = TMR(epochs=1, batch_size=16, optimizer="Adam", lr=1e-2).fit(_model(), synthetic(32), QUIET).eval()
+    x = torch.rand(4, 3, 32, 32) * 0.5 + 0.25  # inside (0, 1): a shift shows, the clamp does not hide it
+    assert deployed.transform.delta.abs().sum() > 0, "T-MR trained no perturbation"
+    assert not torch.equal(deployed.transform(x), x), "the perturbation is not applied in eval mode"

@@ -353,3 +353,11 @@ def test_compiled_training_does_not_hide_other_errors(monkeypatch, synthetic, wh
     with pytest.raises(error):
         defense.train(synthetic(16, size=16).images, epochs=1, batch_size=8, lr=1e-3, optimizer="Adam",
                       compile=True, log=lambda m: None)
+
+
+def test_no_remap_is_the_identity_mapping_and_remap_a_derangement():
+    model = build_classifier("ResNet18", "CIFAR10", 10, width=4)
+    off = REFINE(UNet(4), model, 10, seed=3, remap=False)
+    assert torch.equal(off.remap.permutation, torch.arange(10))  # the ablation 'w/o HRF'
+    on = REFINE(UNet(4), model, 10, seed=3)
+    assert (on.remap.permutation != torch.arange(10)).all()
