@@ -151,7 +151,13 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
     requested = resolve_normalization(normalization, mean, std) if normalization or mean is not None else None
     blob = safe_load(path)
     if blob.get("format") == FORMAT:
-        spec, state, meta = blob["spec"], blob["state_dict"], blob.get("meta", {})
+        spec, state, meta = blob.get("spec"), blob.get("state_dict"), blob.get("meta", {})
+        needed = ("model", "dataset_kind", "num_classes", "width", "normalization")
+        if not isinstance(spec, dict) or not isinstance(state, dict) or any(k not in spec for k in needed):
+            lacking = [k for k in needed if not isinstance(spec, dict) or k not in spec]
+            raise UserError(f"{path} is a damaged toolkit checkpoint: its spec lacks "
+                            f"{', '.join(lacking) or 'nothing, but its state_dict is missing'}; save it again with "
+                            f"attack.py or core.save_classifier")
         if model and model != spec["model"]:
             raise UserError(f"{path} holds a {spec['model']}, not a {model}; pass --model {spec['model']}")
         if num_classes and num_classes != spec["num_classes"]:

@@ -3,6 +3,7 @@ layers, and one line instead of a traceback for every error the user can fix."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from .errors import UserError
@@ -28,11 +29,18 @@ def add_layers(parser: argparse.ArgumentParser, task: str) -> None:
 
 
 def main_guard(fn):
-    """Runs ``fn()``; a UserError becomes one line on stderr and exit status 2, Ctrl-C exits 130."""
+    """Runs ``fn()``; a UserError - or a folder that cannot be written - becomes one line on stderr and exit status
+    2, Ctrl-C exits 130."""
     try:
         fn()
     except UserError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"error: cannot write {exc.filename or 'an output file'} ({exc.strerror}); pass a writable --out "
+              f"(compare.py: --out-table)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last saved epoch", file=sys.stderr)

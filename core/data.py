@@ -104,12 +104,17 @@ def _read_folder_tree(split_dir: Path, size: int):
 
 
 def _read_tarball(archive: Path, dataset: str, split: str, size: int):
-    """Reads ``.../<dataset>/<split>/<class>/<file>`` members of an image-folder tarball."""
+    """Reads ``.../<dataset>/<split>/<class>/<file>`` members of an image-folder tarball; also returns the class
+    names of the other split (None when the archive has none), to check that both agree."""
     found: dict[str, list[tuple[str, bytes]]] = {}
+    other: set[str] = set()
     with tarfile.open(archive, "r:*") as tar:
         for member in tar:
             parts = member.name.split("/")
-            if not member.isfile() or len(parts) < 4 or parts[-4:-2] != [dataset, split]:
+            if not member.isfile() or len(parts) < 4 or parts[-4] != dataset:
+                continue
+            if parts[-3] != split:
+                other.add(parts[-2])
                 continue
             if Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
                 found.setdefault(parts[-2], []).append((member.name, tar.extractfile(member).read()))
@@ -121,7 +126,7 @@ def _read_tarball(archive: Path, dataset: str, split: str, size: int):
         for path, data in sorted(found[name]):
             images.append(_decode(data, path))
             labels.append(label)
-    return _stack(images, labels, classes, size, str(archive))
+    return (*_stack(images, labels, classes, size, str(archive)), sorted(other) or None)
 
 
 # What a CIFAR-10 batch pickle may name: numpy arrays and their dtypes. Anything else - a __reduce__ payload that
@@ -235,7 +240,11 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
         if not _embedded_allowed(dataset, allow_embedded):
             raise
         kind, path = "tarball", EMBEDDED_SAMPLE
+    other_classes = None
     if kind == "folder":
+        other_dir = path / ("test" if split == "train" else "train")
+        if other_dir.is_dir():
+            other_classes = sorted(d.name for d in other_dir.iterdir() if d.is_dir())
         cache = _cache_path(path, dataset, split)
         cached = _read_cache(cache)
         if cached is not None:
@@ -247,9 +256,16 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
             except OSError:
                 pass  # read-only data folder: no cache, still correct
     elif kind == "tarball":
-        images, labels, classes = _read_tarball(path, dataset, split, size)
+        images, labels, classes, other_classes = _read_tarball(path, dataset, split, size)
     else:
         images, labels, classes = _read_cifar_batches(path, split)
+    if other_classes is not None and list(other_classes) != list(classes):
+        # labels are positions in the sorted class list: splits with other classes would disagree on every label
+        missing = sorted(set(other_classes) - set(classes))
+        extra = sorted(set(classes) - set(other_classes))
+        raise UserError(f"the {split} split of {path} and the other split have different classes (missing in "
+                        f"{split}: {', '.join(missing) or 'none'}; only in {split}: {', '.join(extra) or 'none'}); "
+                        f"both splits need the same <class> folders")
     source = f"{dataset} {split} from {path}"
     if path == EMBEDDED_SAMPLE:
         source += " (embedded CIFAR-10 sample, not the full data set)"

@@ -73,11 +73,17 @@ def check_trigger_tensor(path: str, size: int) -> None:
 
     blob = safe_load(path)  # a damaged trigger file is named now, not as a traceback later
     t = blob.get("pattern") if isinstance(blob, dict) else blob
-    shapes = {tuple(t.shape[-2:]), tuple(t.shape[:2])} if isinstance(t, torch.Tensor) and t.dim() in (2, 3) else set()
-    if (size, size) not in shapes:
+    ok = isinstance(t, torch.Tensor) and (
+        t.dim() == 2 and tuple(t.shape) == (size, size)
+        or t.dim() == 3 and (tuple(t.shape[1:]) == (size, size) and t.shape[0] in (1, 3)
+                             or tuple(t.shape[:2]) == (size, size) and t.shape[2] in (1, 3)))
+    if not ok:
         got = f"a tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else "no tensor"
-        raise UserError(f"--trigger must hold a {size}x{size} pattern (a tensor, or a dict with 'pattern'), got {got} "
-                        f"in {path}")
+        raise UserError(f"--trigger must hold a {size}x{size} pattern of 1 or 3 channels (a tensor, or a dict with "
+                        f"'pattern'), got {got} in {path}")
+    if not torch.isfinite(t.float()).all():
+        raise UserError(f"--trigger {path} holds NaN or infinite values; a trigger is an image (values in [0, 1] or "
+                        f"0-255)")
 
 
 @dataclass
@@ -119,6 +125,10 @@ def run_job(job: Job) -> Path:
     is refused with one line (the folder's lock)."""
     job.plan()
     folder, config = Path(job.folder), job.config
+    if folder.is_dir() and check_run_folder(folder, job.settings, job.product) == "finished":
+        # a finished run never changes again: reported without the lock, so a read-only disk still reports it
+        report_finished(folder, label=job.label, preset=config.get("preset"))
+        return folder
     with run_lock(folder):
         status = check_run_folder(folder, job.settings, job.product, config.get("fresh", False))
         if status == "finished":

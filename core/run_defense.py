@@ -193,6 +193,7 @@ class DefenseJob(Job):
         self.train, self.test = train, test
         self.data = _defender_data(config, train, cls)
         self.defense = cls(**{k: config[k] for k in cls.settings})
+        self.defense.check(tuple(test.images.shape[1:]))  # e.g. ShrinkPad's pad size against the image size
         self.poisoned_test, self.attack_config, self.trigger = poisoned_testset(config, meta, test, image_size,
                                                                                 self.notes.append)
         self.config = config

@@ -463,8 +463,11 @@ def report_finished(folder: Path, label: str = "", preset: str | None = None) ->
     folder = Path(folder)
     metrics = read_metrics(folder)
     final = metrics.get("final", {})
-    point_latest(folder.parent, folder.name)
-    point_latest(folder.parent, folder.name, latest_pointer(preset))
+    try:
+        point_latest(folder.parent, folder.name)
+        point_latest(folder.parent, folder.name, latest_pointer(preset))
+    except OSError:  # a finished run on a read-only disk is still a finished run
+        print(f"note: {folder.parent} is not writable, so its latest pointers were not moved to this run")
     print(f"already finished: {folder} ({label + format_metrics(final) if final else 'see metrics.json'}); nothing "
           f"to train (--fresh discards unfinished runs only; delete the folder to train it again)")
     return metrics

@@ -147,7 +147,7 @@ def _load_script(name: str):
     return module
 
 
-SCRIPTS = {name: _load_script(name) for name in ("attack", "refine")}
+SCRIPTS = {name: _load_script(name) for name in ("attack", "refine", "defend", "compare")}
 
 
 def snapshot(*roots: Path) -> dict:

@@ -97,6 +97,10 @@ class Defense:
         defender's ``data`` (uint8 images N×C×H×W; labels are read only when ``labelled``)."""
         raise NotImplementedError
 
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        """Checks that need the data's image shape (C, H, W), run by the job before anything is written; raises a
+        UserError naming the flag. Nothing by default (ShrinkPad: its pad size must fit the image)."""
+
     def preview_rows(self, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra rows for the run's preview.png, computed from clean images in [0, 1] (BTI-DBF: G(x))."""
         return {}

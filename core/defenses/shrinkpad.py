@@ -106,6 +106,12 @@ class ShrinkPadDefense(Defense):
                                        "the start of a sweep)", integer(0)),
                 "data_fraction": defender_share(0.05)}
 
+    def check(self, image_shape) -> None:
+        try:
+            check_pad_size(self.pad_size, *image_shape[1:])
+        except UserError as exc:
+            raise UserError(f"--pad-size: {exc}") from None
+
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         check_pad_size(self.pad_size, *data.images.shape[2:])
         return DeployedModel(frozen_copy(model, ctx.device), ShrinkPad(self.pad_size))

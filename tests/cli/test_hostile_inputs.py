@@ -5,6 +5,7 @@ import os
 import pickle
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import run_main, snapshot, write_tree
@@ -111,3 +112,104 @@ def test_a_config_file_beats_the_presets_embedded_sample_section(tmp_path):
         validate_job(resolve("attack", defaults(attack_job_settings()),
                              argparse.Namespace(preset="mini", config=str(config), data_root=str(empty))),
                      attack_job_settings())
+
+
+# -- data that disagrees with itself ----------------------------------------------------------------------------
+def test_a_test_split_without_a_class_is_refused_with_the_class_names(tmp_path):
+    import shutil
+    import tarfile
+
+    write_tree(tmp_path / "data", per_class=1)
+    shutil.rmtree(tmp_path / "data" / "CIFAR10" / "test" / "class0")  # labels would shift by one
+    with pytest.raises(UserError, match="missing in test: class0; only in test: none"):
+        load_split("CIFAR10", "test", tmp_path / "data")
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:  # the same tree packed
+        tar.add(tmp_path / "data" / "CIFAR10", arcname="CIFAR10")
+    with pytest.raises(UserError, match="missing in test: class0"):
+        load_split("CIFAR10", "test", tmp_path / "data.tar.gz")
+    assert load_split("CIFAR10", "test", tree_root(tmp_path)).classes[0] == "class0"
+
+
+def tree_root(tmp_path):
+    write_tree(tmp_path / "whole", per_class=1)
+    return tmp_path / "whole"
+
+
+# -- files that are not what they claim ----------------------------------------------------------------------
+@pytest.mark.parametrize("pattern, message", [
+    (lambda: torch.rand(7, 32, 32), "of 1 or 3 channels"),
+    (lambda: torch.full((3, 32, 32), float("nan")), "holds NaN or infinite values"),
+])
+@pytest.mark.parametrize("script", ["attack", "refine"])
+def test_a_trigger_tensor_that_is_no_image_is_one_line(tree, tmp_path, capsys, pattern, message, script):
+    trigger = tmp_path / "trigger.pth"
+    torch.save({"pattern": pattern()}, trigger)
+    argv = ["--trigger", str(trigger), "--data-root", str(tree), "--out", str(tmp_path / "out"), "--preset", "mini"]
+    if script == "refine":
+        argv += ["--model-path", str(trigger), "--attack", "BadNets", "--tlabel", "0"]
+    err = one_line_refusal(script, argv, capsys, tmp_path / "out")
+    assert message in err
+
+
+def test_a_toolkit_checkpoint_whose_spec_lacks_num_classes_is_named(tree, tmp_path, capsys):
+    from core.checkpoint import FORMAT, load_classifier
+    from core.models import build_classifier
+
+    model = build_classifier("ResNet18", "CIFAR10", 10, width=4)
+    spec = {k: v for k, v in model.spec.items() if k != "num_classes"}
+    torch.save({"format": FORMAT, "spec": spec, "state_dict": model.net.state_dict()}, tmp_path / "m.pth")
+    with pytest.raises(UserError, match="spec lacks num_classes"):
+        load_classifier(tmp_path / "m.pth")
+    err = one_line_refusal("refine", ["--model-path", str(tmp_path / "m.pth"), "--data-root", str(tree),
+                                      "--out", str(tmp_path / "out")], capsys, tmp_path / "out")
+    assert "spec lacks num_classes" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--width", "1e12"), ("--epochs", "1e30"), ("--seed", "1e30"),
+                                         ("--wanet-k", "1e9")])
+def test_sizes_written_as_huge_floats_are_refused_by_their_check(tree, tmp_path, capsys, flag, value):
+    extra = ["--attack", "WaNet"] if flag == "--wanet-k" else []
+    err = one_line_refusal("attack", [flag, value, *extra, "--data-root", str(tree), "--out", str(tmp_path / "out")],
+                           capsys, tmp_path / "out")
+    assert f"{flag} must be an integer" in err
+
+
+# -- outputs that cannot be written (the tests run as root here, so the OS errors are simulated) ----------------
+def test_an_output_folder_that_cannot_be_written_is_one_line(capsys):
+    import errno
+
+    from core.cli import main_guard
+
+    def write():
+        raise PermissionError(errno.EACCES, "Permission denied", "/read-only/attack")
+    with pytest.raises(SystemExit) as stop:
+        main_guard(write)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "cannot write /read-only/attack (Permission denied); pass a writable --out" in err
+
+
+def test_a_finished_run_on_a_read_only_disk_is_still_reported_finished(tree, tmp_path, capsys, monkeypatch):
+    import core.jobs
+    import core.runlog
+    from conftest import attack
+
+    assert run_main("attack", attack(tree, tmp_path / "out"), capsys)[0] == 0
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(core.runlog, "point_latest", read_only)
+    monkeypatch.setattr(core.jobs, "run_lock", read_only)  # taking the lock would write the lock file
+    code, out, err = run_main("attack", attack(tree, tmp_path / "out"), capsys)
+    assert code == 0 and "already finished" in out and "not writable" in out, (out, err)
+
+
+def test_shrinkpads_pad_size_is_checked_before_anything_is_written(tree, tmp_path, capsys):
+    from core.models import build_classifier
+    from core.checkpoint import save_classifier
+
+    model = tmp_path / "model.pth"
+    save_classifier(model, build_classifier("ResNet18", "CIFAR10", 10, width=4))
+    err = one_line_refusal("defend", ["--defense", "ShrinkPad", "--pad-size", "100", "--model-path", str(model),
+                                      "--data-root", str(tree), "--out", str(tmp_path / "out")],
+                           capsys, tmp_path / "out")
+    assert "--pad-size: ShrinkPad pad size must be in 0..31 for 32×32 images, got 100" in err
