@@ -76,14 +76,29 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     return key, values
 
 
+SWEEP_EXCLUDED = ("attack", "dataset", "model", "model_path")  # a cell's row, not a column's setting
+
+
+def _setting_named(text: str, settings: dict):
+    """(key, Setting) of the setting a --sweep names by its key or one of its flags (``tlabel`` is ``y_target``):
+    a setting of what the defense computes, not of how the run goes (section ``run``) or of the table's rows."""
+    settings = {k: s for k, s in settings.items() if s.section != "run" and k not in SWEEP_EXCLUDED}
+    if text in settings:
+        return text, settings[text]
+    flags = {"--" + text, "--" + text.replace("_", "-")}
+    return next(((k, s) for k, s in settings.items() if flags & {s.flag(k), *s.aliases}), None)
+
+
 def variants(defenses: list[str], sweep: str | None) -> list[tuple[str, str, dict]]:
     """The table's defense columns: ``(label, defense, overrides)``; with ``sweep`` (``SETTING=V1,V2``) one
     column per value for each defense that has the setting (label ``"ShrinkPad pad_size=2"``), the others
     once. A setting none of ``defenses`` has is a UserError."""
     if not sweep:
         return [(d, d, {}) for d in defenses]
-    key, values = parse_sweep(sweep)
-    owners = [d for d in defenses if key in defense_class(d).settings]
+    text, values = parse_sweep(sweep)
+    found = {d: _setting_named(text, defense_job_settings(defense_class(d))) for d in defenses}
+    owners = [d for d, hit in found.items() if hit is not None]
+    key = found[owners[0]][0] if owners else text
     if not owners:
         raise UserError(f"--sweep {key} is not a setting of {', '.join(defenses)}; see defend.py --list and "
                         f"docs/flags.md")
@@ -92,7 +107,7 @@ def variants(defenses: list[str], sweep: str | None) -> list[tuple[str, str, dic
         if defense not in owners:
             columns.append((defense, defense, {}))
             continue
-        setting = defense_class(defense).settings[key]
+        setting = found[defense][1]
         for value in values:
             try:
                 typed = setting.check.parse(value) if setting.check is not None else value

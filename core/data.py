@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,16 +109,20 @@ def _read_tarball(archive: Path, dataset: str, split: str, size: int):
     names of the other split (None when the archive has none), to check that both agree."""
     found: dict[str, list[tuple[str, bytes]]] = {}
     other: set[str] = set()
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) < 4 or parts[-4] != dataset:
-                continue
-            if parts[-3] != split:
-                other.add(parts[-2])
-                continue
-            if Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                found.setdefault(parts[-2], []).append((member.name, tar.extractfile(member).read()))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if not member.isfile() or len(parts) < 4 or parts[-4] != dataset:
+                    continue
+                if parts[-3] != split:
+                    other.add(parts[-2])
+                    continue
+                if Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                    found.setdefault(parts[-2], []).append((member.name, tar.extractfile(member).read()))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise UserError(f"{archive} is not a readable .tar.gz of images ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); fetch or pack it again") from None
     if not found:
         raise UserError(f"{archive} holds no {dataset}/{split}/<class>/ images")
     classes = sorted(found)

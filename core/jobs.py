@@ -31,8 +31,8 @@ from .settings import Setting, check_value, file_keys, nest, validate
 # The classifier: architecture, width and input normalization (section train: they change what is computed).
 MODEL = {
     "model": Setting("ResNet18", "architecture", choice(MODEL_NAMES), "train"),
-    "width": Setting(64, "channel width of the CIFAR models (64 standard; 16 in the mini preset)", integer(1),
-                     "train"),
+    "width": Setting(64, "channel width of the CIFAR models (64 standard; 16 in the mini preset; at most 512, a "
+                         "ResNet-18 of 2.8 GB)", integer(1, 512), "train"),
     "normalization": Setting("cifar10", f"input normalization inside the model; {NORMALIZATION_HELP}",
                              choice(NORMALIZATIONS), "train"),
     "mean": Setting(None, "explicit per-channel mean R,G,B (with --std; replaces --normalization)", None, "train"),

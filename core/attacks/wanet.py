@@ -25,7 +25,7 @@ class WaNet(Attack):
     name = "WaNet"
     settings = {
         "wanet_k": Setting(None, "WaNet: side of the random control grid (default: the image size, as the REFINE "
-                                 "authors' code; WaNet's own code uses 4)", integer(2, optional=True)),
+                                 "authors' code; WaNet's own code uses 4)", integer(2, 224, optional=True)),
         "wanet_s": Setting(0.5, "WaNet: warping strength s", number(0)),
         "wanet_noise": Setting(False, "WaNet: noise mode (cover samples warped with extra random noise, label kept)",
                                boolean()),

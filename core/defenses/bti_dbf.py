@@ -88,7 +88,8 @@ class BTIDBFConfig:
     mask_epochs: int = _declared(20, "epochs of the feature mask (each round)", integer(0))
     mask_lr: float = _declared(0.01, "learning rate of the feature mask", number(0, lo_open=True))
     # (2) the generators (trigger G and purifier P): UNet width and depth
-    generator_channels: int = _declared(32, "first-layer width of the generators G and P", integer(1))
+    generator_channels: int = _declared(32, "first-layer width of the generators G and P (at most 512: wider "
+                                            "stages are capped there anyway)", integer(1, 512))
     generator_blocks: int = _declared(4, "encoder blocks of the generators, each halving the resolution: at most "
                                          "log2(image side) - 1", integer(1))
     # identity pre-training of G

@@ -37,8 +37,8 @@ from .remap import LabelRemap, random_derangement
 # REFINE's method: everything but the training recipe. Defaults: the paper's (Section 5.1, Appendix C) where it
 # says, else the authors' code; ``--preset mini`` and the fidelity switches are in configs/refine/ and docs/.
 METHOD = {
-    "unet_channels": Setting(64, "first-layer width of the UNet T (the paper: 64 on CIFAR-10, 32 on ImageNet-50)",
-                             integer(1), aliases=("--unet_channels",)),
+    "unet_channels": Setting(64, "first-layer width of the UNet T (the paper: 64 on CIFAR-10, 32 on ImageNet-50; "
+                                 "at most 512)", integer(1, 512), aliases=("--unet_channels",)),
     "loss": Setting("ce", "classification loss: ce (the paper's formula) or bce (the authors' code)",
                     choice(("ce", "bce"))),
     "lam": Setting(0.1, "weight λ of the supervised contrastive loss (0: the ablation 'w/o SCL')", number(0),

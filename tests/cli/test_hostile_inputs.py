@@ -213,3 +213,32 @@ def test_shrinkpads_pad_size_is_checked_before_anything_is_written(tree, tmp_pat
                                       "--data-root", str(tree), "--out", str(tmp_path / "out")],
                            capsys, tmp_path / "out")
     assert "--pad-size: ShrinkPad pad size must be in 0..31 for 32×32 images, got 100" in err
+
+
+# -- compare.py's --sweep ---------------------------------------------------------------------------------------
+def test_sweep_takes_a_setting_by_its_official_flag_and_refuses_what_is_no_setting():
+    from core.compare import variants
+
+    columns = variants(["ShrinkPad"], "tlabel=5")  # the official spelling of y_target; typed, not a string
+    assert columns == [("ShrinkPad y_target=5", "ShrinkPad", {"y_target": 5})]
+    with pytest.raises(UserError, match="--sweep defense is not a setting of ShrinkPad"):
+        variants(["ShrinkPad"], "defense=FT")
+    with pytest.raises(UserError, match="--sweep device is not a setting"):
+        variants(["ShrinkPad"], "device=cpu,cuda")
+
+
+def test_a_corrupt_tar_gz_data_root_is_one_line(tmp_path, capsys):
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(b"\x1f\x8b\x08\x00garbage, not gzip")
+    with pytest.raises(UserError, match="is not a readable .tar.gz of images"):
+        load_split("CIFAR10", "train", archive)
+
+
+@pytest.mark.parametrize("script, flag, value, message", [
+    ("attack", "--width", "1000000000000", "--width must be an integer in [1, 512]"),
+    ("refine", "--unet-channels", "1000000000000", "--unet-channels must be an integer in [1, 512]"),
+])
+def test_sizes_that_cannot_fit_are_bounded_by_their_declaration(tree, tmp_path, capsys, script, flag, value, message):
+    err = one_line_refusal(script, [flag, value, "--data-root", str(tree), "--out", str(tmp_path / "out")], capsys,
+                           tmp_path / "out")
+    assert message in err
