@@ -189,3 +189,12 @@ def attack(data, out, *extra):
 
 def runs(parent: Path) -> list[Path]:
     return sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A tiny image-folder CIFAR10 (4 random 32x32 images per class and split), shared by the tests that run the
+    scripts on real files."""
+    root = tmp_path_factory.mktemp("data")
+    write_tree(root, per_class=4)
+    return root

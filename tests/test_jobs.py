@@ -3,19 +3,12 @@ trained by one process at a time."""
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from core.attacks import ATTACKS
 from core.runlog import read_run_record
-from conftest import ROOT, attack, run_main, runs, write_tree
+from conftest import ROOT, attack, run_main, runs
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_tree(root, per_class=4)
-    return root
 
 
 def test_a_finished_run_of_another_method_version_is_not_reported_finished(data, tmp_path, capsys, monkeypatch):

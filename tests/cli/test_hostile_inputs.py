@@ -16,13 +16,6 @@ from core.run_attack import attack_job_settings
 from core.settings import defaults
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tree")
-    write_tree(root, per_class=2)
-    return root
-
-
 def one_line_refusal(script, argv, capsys, *watched):
     before = snapshot(*watched)
     code, out, err = run_main(script, argv, capsys)
@@ -76,22 +69,22 @@ def test_an_incomplete_or_damaged_cifar_folder_is_named(tmp_path):
     (["--epochz", "3"], "unrecognized arguments: --epochz 3; `"),
     (["--epochs"], "argument --epochs/--epoch: expected one argument; `"),
 ])
-def test_argparse_refusals_are_one_line(tree, tmp_path, capsys, argv, message):
+def test_argparse_refusals_are_one_line(data, tmp_path, capsys, argv, message):
     err = one_line_refusal("attack", [*argv, "--out", str(tmp_path / "out")], capsys, tmp_path)
     assert message in err and err.rstrip().endswith("--help` lists the flags"), err
 
 
-def test_a_config_file_that_is_not_text_is_named(tree, tmp_path, capsys):
+def test_a_config_file_that_is_not_text_is_named(data, tmp_path, capsys):
     binary = tmp_path / "config.yaml"
     binary.write_bytes(b"\xff\xfe\x00epochs: 1\x80")
-    err = one_line_refusal("attack", ["--config", str(binary), "--data-root", str(tree), "--out",
+    err = one_line_refusal("attack", ["--config", str(binary), "--data-root", str(data), "--out",
                                       str(tmp_path / "out")], capsys, tmp_path / "out")
     assert "is not a text file" in err
 
 
 @pytest.mark.parametrize("device", ["bogus", "-1", "cuda:7", "tpu"])
-def test_an_unknown_device_is_one_line_before_anything_is_written(tree, tmp_path, capsys, device):
-    err = one_line_refusal("attack", ["--device", device, "--preset", "mini", "--data-root", str(tree), "--out",
+def test_an_unknown_device_is_one_line_before_anything_is_written(data, tmp_path, capsys, device):
+    err = one_line_refusal("attack", ["--device", device, "--preset", "mini", "--data-root", str(data), "--out",
                                       str(tmp_path / "out"), "--epochs", "1"], capsys, tmp_path / "out")
     assert "--device" in err or "CUDA is not available" in err
 
@@ -123,7 +116,7 @@ def test_a_test_split_without_a_class_is_refused_with_the_class_names(tmp_path):
     shutil.rmtree(tmp_path / "data" / "CIFAR10" / "test" / "class0")  # labels would shift by one
     with pytest.raises(UserError, match="missing in test: class0; only in test: none"):
         load_split("CIFAR10", "test", tmp_path / "data")
-    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:  # the same tree packed
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:  # the same data packed
         tar.add(tmp_path / "data" / "CIFAR10", arcname="CIFAR10")
     with pytest.raises(UserError, match="missing in test: class0"):
         load_split("CIFAR10", "test", tmp_path / "data.tar.gz")
@@ -141,17 +134,17 @@ def tree_root(tmp_path):
     (lambda: torch.full((3, 32, 32), float("nan")), "holds NaN or infinite values"),
 ])
 @pytest.mark.parametrize("script", ["attack", "refine"])
-def test_a_trigger_tensor_that_is_no_image_is_one_line(tree, tmp_path, capsys, pattern, message, script):
+def test_a_trigger_tensor_that_is_no_image_is_one_line(data, tmp_path, capsys, pattern, message, script):
     trigger = tmp_path / "trigger.pth"
     torch.save({"pattern": pattern()}, trigger)
-    argv = ["--trigger", str(trigger), "--data-root", str(tree), "--out", str(tmp_path / "out"), "--preset", "mini"]
+    argv = ["--trigger", str(trigger), "--data-root", str(data), "--out", str(tmp_path / "out"), "--preset", "mini"]
     if script == "refine":
         argv += ["--model-path", str(trigger), "--attack", "BadNets", "--tlabel", "0"]
     err = one_line_refusal(script, argv, capsys, tmp_path / "out")
     assert message in err
 
 
-def test_a_toolkit_checkpoint_whose_spec_lacks_num_classes_is_named(tree, tmp_path, capsys):
+def test_a_toolkit_checkpoint_whose_spec_lacks_num_classes_is_named(data, tmp_path, capsys):
     from core.checkpoint import FORMAT, load_classifier
     from core.models import build_classifier
 
@@ -160,16 +153,16 @@ def test_a_toolkit_checkpoint_whose_spec_lacks_num_classes_is_named(tree, tmp_pa
     torch.save({"format": FORMAT, "spec": spec, "state_dict": model.net.state_dict()}, tmp_path / "m.pth")
     with pytest.raises(UserError, match="spec lacks num_classes"):
         load_classifier(tmp_path / "m.pth")
-    err = one_line_refusal("refine", ["--model-path", str(tmp_path / "m.pth"), "--data-root", str(tree),
+    err = one_line_refusal("refine", ["--model-path", str(tmp_path / "m.pth"), "--data-root", str(data),
                                       "--out", str(tmp_path / "out")], capsys, tmp_path / "out")
     assert "spec lacks num_classes" in err
 
 
 @pytest.mark.parametrize("flag, value", [("--width", "1e12"), ("--epochs", "1e30"), ("--seed", "1e30"),
                                          ("--wanet-k", "1e9")])
-def test_sizes_written_as_huge_floats_are_refused_by_their_check(tree, tmp_path, capsys, flag, value):
+def test_sizes_written_as_huge_floats_are_refused_by_their_check(data, tmp_path, capsys, flag, value):
     extra = ["--attack", "WaNet"] if flag == "--wanet-k" else []
-    err = one_line_refusal("attack", [flag, value, *extra, "--data-root", str(tree), "--out", str(tmp_path / "out")],
+    err = one_line_refusal("attack", [flag, value, *extra, "--data-root", str(data), "--out", str(tmp_path / "out")],
                            capsys, tmp_path / "out")
     assert f"{flag} must be an integer" in err
 
@@ -189,28 +182,28 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(capsys):
     assert "cannot write /read-only/attack (Permission denied); pass a writable --out" in err
 
 
-def test_a_finished_run_on_a_read_only_disk_is_still_reported_finished(tree, tmp_path, capsys, monkeypatch):
+def test_a_finished_run_on_a_read_only_disk_is_still_reported_finished(data, tmp_path, capsys, monkeypatch):
     import core.jobs
     import core.runlog
     from conftest import attack
 
-    assert run_main("attack", attack(tree, tmp_path / "out"), capsys)[0] == 0
+    assert run_main("attack", attack(data, tmp_path / "out"), capsys)[0] == 0
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
     monkeypatch.setattr(core.runlog, "point_latest", read_only)
     monkeypatch.setattr(core.jobs, "run_lock", read_only)  # taking the lock would write the lock file
-    code, out, err = run_main("attack", attack(tree, tmp_path / "out"), capsys)
+    code, out, err = run_main("attack", attack(data, tmp_path / "out"), capsys)
     assert code == 0 and "already finished" in out and "not writable" in out, (out, err)
 
 
-def test_shrinkpads_pad_size_is_checked_before_anything_is_written(tree, tmp_path, capsys):
+def test_shrinkpads_pad_size_is_checked_before_anything_is_written(data, tmp_path, capsys):
     from core.models import build_classifier
     from core.checkpoint import save_classifier
 
     model = tmp_path / "model.pth"
     save_classifier(model, build_classifier("ResNet18", "CIFAR10", 10, width=4))
     err = one_line_refusal("defend", ["--defense", "ShrinkPad", "--pad-size", "100", "--model-path", str(model),
-                                      "--data-root", str(tree), "--out", str(tmp_path / "out")],
+                                      "--data-root", str(data), "--out", str(tmp_path / "out")],
                            capsys, tmp_path / "out")
     assert "--pad-size: ShrinkPad pad size must be in 0..31 for 32×32 images, got 100" in err
 
@@ -238,7 +231,7 @@ def test_a_corrupt_tar_gz_data_root_is_one_line(tmp_path, capsys):
     ("attack", "--width", "1000000000000", "--width must be an integer in [1, 512]"),
     ("refine", "--unet-channels", "1000000000000", "--unet-channels must be an integer in [1, 512]"),
 ])
-def test_sizes_that_cannot_fit_are_bounded_by_their_declaration(tree, tmp_path, capsys, script, flag, value, message):
-    err = one_line_refusal(script, [flag, value, "--data-root", str(tree), "--out", str(tmp_path / "out")], capsys,
+def test_sizes_that_cannot_fit_are_bounded_by_their_declaration(data, tmp_path, capsys, script, flag, value, message):
+    err = one_line_refusal(script, [flag, value, "--data-root", str(data), "--out", str(tmp_path / "out")], capsys,
                            tmp_path / "out")
     assert message in err

@@ -15,14 +15,8 @@ from core.errors import UserError
 from core.models import build_classifier
 from core.runlog import RunLog, point_latest, read_latest
 from core.settings import flatten
-from conftest import attack, run_main, runs, snapshot, write_tree
+from conftest import attack, run_main, runs, snapshot
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_tree(root, per_class=4)
-    return root
 
 
 def refine(data, out, model, *extra):
