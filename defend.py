@@ -18,7 +18,7 @@ from core.config import CONFIG_DIR, resolve
 from core.defenses import DEFENSES, defense_class
 from core.errors import UserError
 from core.runlog import format_metrics
-from core.run_defense import all_defense_settings, defaults_for, defense_job_settings, evaluate_run, run_defense
+from core.run_defense import COMMON, all_defense_settings, defaults_for, evaluate_run, run_defense
 from core.settings import add_flags, describe, owners_of
 
 
@@ -28,8 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--eval", dest="eval_run", help="evaluate a saved defense (run folder or defended_model.pth) and exit")
     add_layers(p, "defense")
     # the common settings, then every defense's own, one flag each; a setting of another defense is refused in main()
-    add_flags(p, defense_job_settings(DEFENSES["REFINE"]), help_of={"defense": f"one of {', '.join(DEFENSES)}"},
-              only=lambda key: key not in DEFENSES["REFINE"].settings)
+    add_flags(p, COMMON, help_of={"defense": f"one of {', '.join(DEFENSES)}"})
     add_flags(p, all_defense_settings(), owners=owners_of(DEFENSES.values()))
     return p.parse_args(argv)
 

@@ -5,7 +5,7 @@ module imports nothing of the toolkit, so every method file can use it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +26,7 @@ class Check:
 
     def or_unset(self) -> "Check":
         """The same check with None (unset: the method's own default) allowed."""
-        return Check(self.describe, self.convert, True, self.parse, self.is_file)
+        return replace(self, optional=True)
 
 
 def parse_bool(text: str) -> bool:

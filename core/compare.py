@@ -18,7 +18,7 @@ from .errors import UserError
 from .jobs import validate_job
 from .run_attack import AttackJob, attack_job_settings, attack_root, run_attack
 from .run_defense import DefenseJob, defaults_for, defense_job_settings, run_defense
-from .runlog import finished_run_matches, read_latest, read_metrics
+from .runlog import finished_run_matches, latest_run, read_latest, read_metrics, read_run_record
 from .settings import check_value, defaults
 from .tables import MISSING, NO_DEFENSE, ordered as _ordered
 
@@ -203,9 +203,7 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
 
 
 def _reference_ready(config: dict, reference: str) -> bool:
-    root = attack_root({**config, "attack": reference})
-    latest = read_latest(root, config.get("preset") or "custom") or read_latest(root)
-    return latest is not None and (latest / "model.pth").is_file()
+    return latest_run(attack_root({**config, "attack": reference}), config.get("preset"), "model.pth") is not None
 
 
 def _run_cell(job, attack: str, label: str, log, failed: list):
@@ -242,8 +240,12 @@ def _planned_run(job) -> tuple[Path | None, str]:
     siblings = sorted((p for p in Path(job.folder).parent.glob("*_seed*_*") if p.is_dir() and not p.is_symlink()),
                       key=lambda p: p.stat().st_mtime, reverse=True)
     for sibling in siblings:
-        ok, why = finished_run_matches(sibling, job.settings, job.product)
-        if why and "unfinished" not in why:
+        try:
+            finished = (read_run_record(sibling) or {}).get("finished")
+        except UserError:  # a damaged run.json: not a run to compare with
+            continue
+        if finished:
+            _, why = finished_run_matches(sibling, job.settings, job.product)
             return None, f"no finished run of these settings; the newest other run, {sibling.name}, differs: {why}"
     return None, reason or "no finished run of these settings"
 

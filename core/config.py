@@ -54,17 +54,29 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
         layers.append(read_yaml(preset_path(task, args.preset)))
     if getattr(args, "config", None):
         layers.append(read_yaml(args.config))
-    without_sample = _merge(layers, defaults, given, None)
-    config = _merge(layers, defaults, given, _sample_notes(layers, {**without_sample, **given}))
+    config, _ = _merge(layers, defaults, given, with_sample=False)
+    note = None
+    if any(isinstance(layer.get(EMBEDDED_SECTION), dict) for layer in layers):
+        # A CPU preset sized for the full data set does not show the method on the smaller embedded sample (too
+        # few images to learn from), so it carries its own recipe for the sample; the section's note says why.
+        merged = {**config, **given}
+        if will_use_embedded_sample(str(merged["dataset"]), merged["data_root"],
+                                    bool(merged.get("allow_embedded")) and not merged.get("download")):
+            config, notes = _merge(layers, defaults, given, with_sample=True)
+            note = " ".join(n for n in notes if n) or EMBEDDED_SECTION
+        else:
+            note = (f"the preset as written: {merged['dataset']} data was found (or --download fetches it), so its "
+                    f"{EMBEDDED_SECTION} section, meant for the small embedded sample, is not used")
+    config["recipe_note"] = note
     config.update(given)
     config["preset"] = getattr(args, "preset", None)
     return config
 
 
-def _merge(layers: list[dict], defaults: dict, given: dict, notes: list | None) -> dict:
-    """The defaults with every layer's keys and sections over them; with ``notes`` (a list: the embedded sample is
-    the data) each layer's embedded_sample section too, and ``recipe_note`` says what was chosen."""
-    config = dict(defaults)
+def _merge(layers: list[dict], defaults: dict, given: dict, with_sample: bool) -> tuple[dict, list[str]]:
+    """The defaults with every layer's keys and sections over them, in order; ``with_sample``: each layer's
+    embedded_sample section too, in that layer's place. Returns the config and the sections' notes."""
+    config, notes = dict(defaults), []
     for layer in layers:
         sections = {k: v for k, v in layer.items() if isinstance(v, dict)}
         flat = {k: v for k, v in layer.items() if not isinstance(v, dict)}
@@ -77,33 +89,12 @@ def _merge(layers: list[dict], defaults: dict, given: dict, notes: list | None) 
             _check_known(source, defaults)
             config.update(source)
         section = layer.get(EMBEDDED_SECTION)
-        if isinstance(notes, list) and isinstance(section, dict):
+        if with_sample and isinstance(section, dict):
             section = dict(section)
             notes.append(str(section.pop("note", "")).strip())
             _check_known(section, defaults)
             config.update(section)
-    has_section = any(isinstance(layer.get(EMBEDDED_SECTION), dict) for layer in layers)
-    if not has_section:
-        config["recipe_note"] = None
-    elif isinstance(notes, list):
-        config["recipe_note"] = " ".join(n for n in notes if n) or EMBEDDED_SECTION
-    else:
-        config["recipe_note"] = notes
-    return config
-
-
-def _sample_notes(layers: list[dict], merged: dict):
-    """[] when the run will use the embedded CIFAR-10 sample and some layer has an ``embedded_sample:`` section
-    (a CPU preset sized for the full data set does not show the method on the smaller sample, so the preset
-    carries its own recipe for it; the section's ``note`` says why and the run logs it); else the line that says
-    why the sections are not used (or None without any)."""
-    if not any(isinstance(layer.get(EMBEDDED_SECTION), dict) for layer in layers):
-        return None
-    if not will_use_embedded_sample(str(merged["dataset"]), merged["data_root"],
-                                    bool(merged.get("allow_embedded")) and not merged.get("download")):
-        return (f"the preset as written: {merged['dataset']} data was found (or --download fetches it), so its "
-                f"{EMBEDDED_SECTION} section, meant for the small embedded sample, is not used")
-    return []
+    return config, notes
 
 
 def _check_known(source: dict, defaults: dict) -> None:

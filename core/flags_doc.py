@@ -10,8 +10,8 @@ from pathlib import Path
 from .attacks import ATTACKS
 from .defenses import DEFENSES
 from .run_attack import attack_job_settings
-from .run_defense import TARGET, defense_job_settings
-from .settings import RUN, SECTIONS, describe
+from .run_defense import COMMON, defense_job_settings
+from .settings import SECTIONS, describe
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "flags.md"
 SECTION_TITLES = {"run": "How and where it runs (not part of a run's settings hash)", "data": "Data",
@@ -57,7 +57,7 @@ def flags_markdown() -> str:
     lines += ["", "## defend.py", "",
               "`--defense NAME` (one of " + ", ".join(f"`{n}`" for n in DEFENSES) + "), `--list` (the defenses and "
               "their settings), `--eval RUN`; the flags of the model to defend and of how the run goes are "
-              "refine.py's:", *_table({k: s for k, s in {**RUN, **TARGET}.items() if k != "defense"})]
+              "refine.py's:", *_table({k: s for k, s in COMMON.items() if k != "defense"})]
     for name, cls in DEFENSES.items():
         if name == "REFINE":
             continue

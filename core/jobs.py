@@ -18,15 +18,19 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from .checkpoint import file_sha256, safe_load
 from .checks import choice, integer
-from .data import DATASETS
+from .data import DATASETS, dataset_info
 from .defenses.base import STATE_DIR
 from .errors import DivergedError, UserError
 from .models import MODEL_NAMES, NORMALIZATION_HELP, NORMALIZATIONS
 from .runlog import (RunLog, canonical_json, check_run_folder, finish_run, other_versions_note, report_finished,
-                     run_lock, settings_hash, start_run)
+                     run_lock, start_run)
 from .settings import Setting, check_value, file_keys, nest, validate
+from .metrics import default_eval_batch_size
+from .train import EpochState, resolve_device
 
 # The classifier: architecture, width and input normalization (section train: they change what is computed).
 MODEL = {
@@ -67,10 +71,20 @@ def validate_job(config: dict, declared: dict) -> dict:
     return config
 
 
+def checked_config(config: dict, declared: dict, folders: tuple[str, ...]) -> tuple[dict, torch.device]:
+    """What every job does first: ``config`` checked (:func:`validate_job`, and a .pth trigger file's tensor),
+    the device resolved, the evaluation batch size filled in for it and the ``folders`` made absolute (the run
+    folder records where it read and wrote from anywhere). Returns (config, device)."""
+    config = validate_job(config, declared)
+    if str(config.get("trigger") or "").endswith((".pth", ".pt")):
+        check_trigger_tensor(config["trigger"], dataset_info(config["dataset"])[1])
+    device = resolve_device(config["device"])
+    return {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
+            **{key: str(Path(config[key]).expanduser().resolve()) for key in folders}}, device
+
+
 def check_trigger_tensor(path: str, size: int) -> None:
     """A .pth trigger must load (weights only) and hold a size x size pattern (C×H×W, H×W×C or H×W)."""
-    import torch
-
     blob = safe_load(path)  # a damaged trigger file is named now, not as a traceback later
     t = blob.get("pattern") if isinstance(blob, dict) else blob
     ok = isinstance(t, torch.Tensor) and (
@@ -112,11 +126,7 @@ def check_state(folder: Path, settings: dict) -> None:
     """Every resumable state file of an unfinished run must load and belong to these settings; a damaged or
     foreign one is named before anything is written."""
     for path in sorted((Path(folder) / STATE_DIR).rglob("*.pth")):
-        blob = safe_load(path)
-        saved = blob.get("fingerprint") if isinstance(blob, dict) else None
-        if saved is not None and saved != settings and saved != settings_hash(settings):
-            raise UserError(f"{path} belongs to a run with other settings; use the same settings to resume, another "
-                            f"--out, or --fresh to start over")
+        EpochState.read(path, settings)
 
 
 def run_job(job: Job) -> Path:

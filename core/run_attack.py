@@ -13,12 +13,12 @@ from .checks import choice, integer, text
 from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subset
 from .download import ensure_data
 from .errors import UserError
-from .jobs import MODEL, Job, validate_job, check_trigger_tensor, run_job, run_settings
-from .metrics import ba_asr, default_eval_batch_size
+from .jobs import MODEL, Job, checked_config, run_job, run_settings
+from .metrics import ba_asr
 from .models import build_classifier, resolve_normalization
-from .runlog import RunLog, describe_split, format_metrics, method_versions, read_latest, run_name, tensors_sha256
+from .runlog import RunLog, describe_split, format_metrics, latest_run, method_versions, run_name, tensors_sha256
 from .settings import RUN, Setting, flag_of, merge, owners_of, shown
-from .train import CLASSIFIER_RECIPE, device_name, resolve_device, train_classifier
+from .train import CLASSIFIER_RECIPE, device_name, train_classifier
 from .defenses.base import STATE_DIR
 
 
@@ -71,8 +71,8 @@ def attack_settings(config: dict) -> dict:
             config.pop(key, None)
     if cls.reference_attack and not config.get(cls.reference_setting):
         reference = attack_root({**config, "attack": cls.reference_attack})
-        latest = read_latest(reference, config.get("preset") or "custom") or read_latest(reference)
-        if latest is None or not (latest / "model.pth").is_file():
+        latest = latest_run(reference, config.get("preset"), "model.pth")
+        if latest is None:
             preset = f" --preset {config['preset']}" if config.get("preset") else ""
             raise UserError(f"{cls.name} needs a model of {config['dataset']}/{config['model']} trained by "
                             f"{cls.reference_attack} and none was found at {reference / 'latest' / 'model.pth'}: run "
@@ -87,17 +87,11 @@ class AttackJob(Job):
 
     def plan(self) -> None:
         job_settings = attack_job_settings()
-        config = validate_job(self.config, job_settings)
-        config["attack"] = attack_class(config["attack"]).name
+        config, device = checked_config(self.config, job_settings, folders=("data_root", "out"))
+        self.device = device
         num_classes, image_size = dataset_info(config["dataset"])
-        if str(config.get("trigger") or "").endswith((".pth", ".pt")):
-            check_trigger_tensor(config["trigger"], image_size)
         config = {**config, **resolve_normalization(config["normalization"], config.get("mean"), config.get("std"))}
-        self.device = device = resolve_device(config["device"])
-        config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
-                  "data_root": str(Path(config["data_root"]).expanduser().resolve()),
-                  "out": str(Path(config["out"]).expanduser().resolve())}
-        config = attack_settings(config)
+        config = attack_settings(config)  # the attack's canonical name, its own settings only
         cls = attack_class(config["attack"])
         ensure_data(config, self.notes.append)
         self.attack = attack = build_attack(

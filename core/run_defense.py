@@ -24,10 +24,10 @@ from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subs
 from .defenses import DEFENSES, FitContext, defense_class, load_deployed, save_deployed
 from .download import ensure_data
 from .errors import UserError
-from .jobs import MODEL, Job, validate_job, check_trigger_tensor, run_job, run_settings
-from .metrics import ba_asr, default_eval_batch_size
+from .jobs import MODEL, Job, checked_config, run_job, run_settings
+from .metrics import ba_asr
 from .models import NORMALIZATION_HELP, NORMALIZATIONS
-from .runlog import RunLog, describe_split, format_metrics, method_versions, read_latest, run_name
+from .runlog import RunLog, describe_split, format_metrics, latest_run, method_versions, read_latest, run_name
 from .settings import RUN, Setting, defaults, flatten, merge
 from .train import device_name, resolve_device
 
@@ -54,10 +54,13 @@ TARGET = {
 }
 
 
+# What every defense run has: how it runs, the data, the model to defend.
+COMMON = merge(RUN, DATA, TARGET)
+
+
 def defense_job_settings(cls) -> dict[str, Setting]:
-    """Every setting of a run of the defense class ``cls``: how it runs, the data, the model to defend, and the
-    defense's own declared settings."""
-    return merge(RUN, DATA, TARGET, cls.settings)
+    """Every setting of a run of the defense class ``cls``: :data:`COMMON` and the defense's own declared ones."""
+    return merge(COMMON, cls.settings)
 
 
 def all_defense_settings() -> dict[str, Setting]:
@@ -87,9 +90,9 @@ def target_model_path(config: dict) -> Path:
     if config["model_path"]:
         return Path(config["model_path"]).expanduser().resolve()
     root = attack_folder(config)
-    for latest in (read_latest(root, config.get("preset") or "custom"), read_latest(root)):
-        if latest is not None and (latest / "model.pth").is_file():
-            return latest / "model.pth"
+    latest = latest_run(root, config.get("preset"), "model.pth")
+    if latest is not None:
+        return latest / "model.pth"
     raise UserError(f"no trained model at {root / 'latest' / 'model.pth'}: run `python attack.py --dataset "
                     f"{config['dataset']} --attack {config['attack']}` first, or pass --model-path")
 
@@ -172,16 +175,11 @@ class DefenseJob(Job):
     def plan(self) -> None:
         cls = self.defense_cls = defense_class(self.config.get("defense") or "REFINE")
         job_settings = defense_job_settings(cls)
-        config = validate_job({**self.config, "defense": cls.name}, job_settings)
+        config = {**self.config, "defense": cls.name, "out": self.config.get("out") or cls.output_root}
+        config, device = checked_config(config, job_settings, folders=("data_root", "attack_dir", "out"))
+        self.device = device
         config["attack"] = canonical_name(config["attack"]) or config["attack"]  # PhysicalBA -> Physical
         num_classes, image_size = dataset_info(config["dataset"])
-        if str(config.get("trigger") or "").endswith((".pth", ".pt")):
-            check_trigger_tensor(config["trigger"], image_size)
-        self.device = device = resolve_device(config["device"])
-        config = {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
-                  "data_root": str(Path(config["data_root"]).expanduser().resolve()),
-                  "attack_dir": str(Path(config["attack_dir"]).expanduser().resolve()),
-                  "out": str(Path(config["out"] or default_out(cls.name)).expanduser().resolve())}
         self.classifier, meta, model_path = load_target_model(config, num_classes, self.notes.append)
         config = {**config, "model_path": str(model_path),  # the file defended, absolute (its hash is in the settings)
                   **{k: self.classifier.spec[k] for k in ("normalization", "mean", "std")}}  # what is used

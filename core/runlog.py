@@ -522,6 +522,15 @@ def read_latest(parent, preset: str | None = None) -> Path | None:
     return None
 
 
+def latest_run(parent, preset: str | None, product: str) -> Path | None:
+    """The run a job reads by default below ``parent``: the last finished run of ``preset`` (``latest-<preset>``;
+    ``custom`` for None), else of any preset (``latest``); only one that holds ``product``. None when neither."""
+    for folder in (read_latest(parent, preset or "custom"), read_latest(parent)):
+        if folder is not None and (Path(folder) / product).is_file():
+            return folder
+    return None
+
+
 _metrics_locks: dict[str, threading.Lock] = {}
 _metrics_locks_guard = threading.Lock()
 

@@ -16,7 +16,7 @@ import argparse
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Mapping
 
-from .checks import Bad, Check, boolean, integer, name, number, text
+from .checks import Bad, Check, boolean, integer, name, number, parse_bool, text
 from .errors import UserError
 
 SECTIONS = ("run", "data", "train", "method")
@@ -26,7 +26,7 @@ SECTIONS = ("run", "data", "train", "method")
 class Setting:
     """One option. ``check``: what values are allowed (core.checks; None: anything); ``section``: see the
     module docstring; ``aliases``: other command-line spellings (the official scripts' flags, e.g. ``--tlabel``);
-    ``cli``: False for an option only a preset or --config file sets; ``metavar``: shown in --help."""
+    ``cli``: False for an option only a preset or --config file sets."""
 
     default: Any
     help: str
@@ -39,17 +39,21 @@ class Setting:
     listed: bool = True  # False: internal (set by the scripts themselves), left out of docs and listings
 
     def flag(self, key: str) -> str:
-        return "--" + key.replace("_", "-")
+        return _flag(key)
 
 
 Settings = Mapping[str, Setting]
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def flag_of(key: str, setting: Setting | None = None) -> str:
     """How a message names the option ``key``: its flag, or its config key when it has no flag."""
     if setting is not None and not setting.cli:
         return f"{key} (an option of the preset or --config file)"
-    return "--" + key.replace("_", "-")
+    return _flag(key)
 
 
 def defaults(settings: Settings) -> dict:
@@ -64,7 +68,6 @@ def _parser_of(check: Check | None):
             return parse(text)
         except (TypeError, ValueError):
             return text  # the check names the flag and what it allows
-    read.__name__ = getattr(parse, "__name__", "value")
     return read
 
 
@@ -73,13 +76,12 @@ def shown(default) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser, settings: Settings, owners: Mapping[str, list[str]] | None = None,
-              help_of: Mapping[str, str] | None = None, only=lambda key: True) -> None:
+              help_of: Mapping[str, str] | None = None) -> None:
     """One flag per setting (``--<key with dashes>`` and its aliases). Parsed values are only read, never
     checked here: :func:`validate` checks the merged configuration, whichever layer set a value.
-    ``owners``: key -> the methods that have it, added to the help; ``help_of``: key -> a help to use instead;
-    ``only(key)``: which settings get a flag here."""
+    ``owners``: key -> the methods that have it, added to the help; ``help_of``: key -> a help to use instead."""
     for key, s in settings.items():
-        if not s.cli or not only(key):
+        if not s.cli:
             continue
         if help_of and key in help_of:
             s = replace(s, help=help_of[key])
@@ -89,7 +91,7 @@ def add_flags(parser: argparse.ArgumentParser, settings: Settings, owners: Mappi
         default = f" (default {shown(s.default)})" if s.default is not None else ""
         if s.store_const is not None:
             parser.add_argument(*flags, dest=key, action="store_const", const=s.store_const, help=s.help + extra)
-        elif s.check is not None and s.check.parse is not None and getattr(s.check.parse, "__name__", "") == "parse_bool":
+        elif s.check is not None and s.check.parse is parse_bool:  # --flag alone means true
             parser.add_argument(*flags, dest=key, type=_parser_of(s.check), nargs="?", const=True,
                                 help=s.help + default + extra)
         else:
@@ -195,6 +197,7 @@ RUN = {
     "download": Setting(False, "download CIFAR-10 (torchvision, md5-checked) into --data-root if it is not there",
                         boolean(), "run", store_const=True),
 }
+
 
 def from_dataclass(cls, section: str = "method", exclude=(), label: str = "") -> dict[str, Setting]:
     """Settings declared as the fields of a config dataclass (its defaults; ``help``/``check``/``section`` from

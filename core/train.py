@@ -21,7 +21,7 @@ from .checks import choice, int_list, number, integer
 from .data import Split, iterate_batches, memory_format
 from .errors import DivergedError, UserError
 from .seeding import generator
-from .settings import Setting
+from .settings import Setting, defaults
 
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("SGD", "Adam")
@@ -538,7 +538,7 @@ def train_classifier(
     unknown = set(recipe) - set(CLASSIFIER_RECIPE)
     if unknown:
         raise TypeError(f"train_classifier has no setting(s) {', '.join(sorted(unknown))}")
-    recipe = {**{k: s.default for k, s in CLASSIFIER_RECIPE.items()}, **recipe}
+    recipe = {**defaults(CLASSIFIER_RECIPE), **recipe}
     epochs, batch_size, lr, optimizer = recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["optimizer"]
     momentum, weight_decay, schedule = recipe["momentum"], recipe["weight_decay"], recipe["schedule"]
     milestones, gamma, label_smoothing = recipe["milestones"], recipe["gamma"], recipe["label_smoothing"]

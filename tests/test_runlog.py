@@ -237,14 +237,20 @@ def _job(folder, s, start, results, hold):
         results.put(f"error: {exc}")
 
 
+def started_together(start, target, *argument_lists):
+    """One process per argument list, all started, then released at once through the event ``start``."""
+    procs = [FORK.Process(target=target, args=args) for args in argument_lists]
+    for proc in procs:
+        proc.start()
+    start.set()
+    return procs
+
+
 @needs_fork
 def test_two_identical_commands_started_together_train_once(tmp_path):
     folder = folder_of(tmp_path, settings())
     start, results = FORK.Event(), FORK.Queue()
-    jobs = [FORK.Process(target=_job, args=(folder, settings(), start, results, 0.5)) for _ in range(2)]
-    for job in jobs:
-        job.start()
-    start.set()
+    jobs = started_together(start, _job, *[(folder, settings(), start, results, 0.5)] * 2)
     for job in jobs:
         job.join(30)
     assert [job.exitcode for job in jobs] == [0, 0]
@@ -269,10 +275,7 @@ def _first_come(folder, start, results, done):
 def test_of_two_processes_racing_without_wait_one_gets_the_folder_the_other_a_user_error(tmp_path):
     folder = tmp_path / "run"
     start, done, results = FORK.Event(), FORK.Event(), FORK.Queue()
-    procs = [FORK.Process(target=_first_come, args=(folder, start, results, done)) for _ in range(2)]
-    for proc in procs:
-        proc.start()
-    start.set()
+    procs = started_together(start, _first_come, *[(folder, start, results, done)] * 2)
     try:
         got = sorted(results.get(timeout=20) for _ in procs)
     finally:
@@ -296,10 +299,7 @@ def _writer(folder, tag, start):
 def test_metrics_of_two_processes_are_not_lost(tmp_path):
     folder = tmp_path / "run"
     start = FORK.Event()
-    procs = [FORK.Process(target=_writer, args=(folder, tag, start)) for tag in "ab"]
-    for proc in procs:
-        proc.start()
-    start.set()
+    procs = started_together(start, _writer, *[(folder, tag, start) for tag in "ab"])
     for proc in procs:
         proc.join(30)
     assert [proc.exitcode for proc in procs] == [0, 0]
