@@ -9,11 +9,13 @@ config.yaml, run.json, metrics.json, log.txt. attack/<DATASET>/<MODEL>/<ATTACK>/
 finished last, latest-<preset> at the last one of each preset (refine.py defends that one). Run the same command
 again to resume an interrupted run; a finished one is reported, not retrained.
 """
-from core.attacks import ATTACKS
-from core.cli import add_layers, main_guard, new_parser
-from core.config import resolve
-from core.run_attack import attack_job_settings, run_attack
-from core.settings import add_flags, defaults, owners_of
+from core.cli import add_layers, main_guard, new_parser, starting
+
+with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
+    from core.attacks import ATTACKS
+    from core.config import resolve
+    from core.run_attack import attack_job_settings, run_attack
+    from core.settings import add_flags, defaults, owners_of
 
 
 def parse_args(argv=None):

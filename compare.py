@@ -15,13 +15,15 @@ than 10 points below the BA without defense - marked ✗, missing cells —; the
 BTI-DBF and NC; the metrics.json of each cell), <out-table>.csv (with a `<DEFENSE> failed` column) and, when a
 defense detects, <out-table>_detection.csv.
 """
-from core.cli import main_guard, new_parser
-from core.compare import SHARED, compare, table_only_results
-from core.defenses import DEFENSES
-from core.errors import UserError
-from core.run_attack import attack_job_settings
-from core.settings import add_flags
-from core.tables import markdown, write_tables
+from core.cli import check_writable, main_guard, new_parser, starting
+
+with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
+    from core.compare import SHARED, compare, table_only_results
+    from core.defenses import DEFENSES
+    from core.errors import UserError
+    from core.run_attack import attack_job_settings
+    from core.settings import add_flags
+    from core.tables import markdown, write_tables
 
 
 def parse_args(argv=None):
@@ -55,9 +57,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = getattr(args, "dataset", "CIFAR10")
+    stem = getattr(args, "out_table", None) or f"results/compare_{dataset}_{getattr(args, 'preset', None) or 'paper'}"
+    check_writable(stem, "--out-table")  # known now, not after the jobs
     run = table_only_results if getattr(args, "table_only", False) else compare
     results, sources, failed = run(args)
-    stem = getattr(args, "out_table", None) or f"results/compare_{dataset}_{getattr(args, 'preset', None) or 'paper'}"
     title = (f"{dataset} / {getattr(args, 'model', 'ResNet18')}, preset {getattr(args, 'preset', None) or 'paper'}: "
              f"BA / ASR (%)")
     defenses = [d for _, d, _ in results if d is not None]

@@ -13,13 +13,15 @@ refine.py): log.txt, metrics.json (BA/ASR before and after, a detection result w
 config.yaml, defended_model.pth (input transform, classifier, output map; loadable with
 core.load_deployed). Run the same command again to resume; a finished run is reported, not retrained.
 """
-from core.cli import add_layers, main_guard, new_parser
-from core.config import CONFIG_DIR, resolve
-from core.defenses import DEFENSES, defense_class
-from core.errors import UserError
-from core.runlog import format_metrics
-from core.run_defense import COMMON, all_defense_settings, defaults_for, evaluate_run, run_defense
-from core.settings import add_flags, describe, owners_of
+from core.cli import add_layers, main_guard, new_parser, starting
+
+with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
+    from core.config import CONFIG_DIR, resolve
+    from core.defenses import DEFENSES, defense_class
+    from core.errors import UserError
+    from core.runlog import format_metrics
+    from core.run_defense import COMMON, all_defense_settings, defaults_for, evaluate_run, run_defense
+    from core.settings import add_flags, describe, owners_of
 
 
 def parse_args(argv=None):

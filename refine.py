@@ -12,12 +12,14 @@ model file's bytes) or --run-name: log.txt, metrics.json, config.yaml, run.json,
 defended_model.pth; .../<ATTACK>/latest points at the run that finished last. Run the same command again to
 resume; a finished run is reported, not retrained.
 """
-from core.cli import add_layers, main_guard, new_parser
-from core.config import resolve
-from core.defenses import RefineDefense
-from core.runlog import format_metrics
-from core.run_defense import defaults_for, defense_job_settings, evaluate_run, run_defense
-from core.settings import add_flags
+from core.cli import add_layers, main_guard, new_parser, starting
+
+with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
+    from core.config import resolve
+    from core.defenses import RefineDefense
+    from core.runlog import format_metrics
+    from core.run_defense import defaults_for, defense_job_settings, evaluate_run, run_defense
+    from core.settings import add_flags
 
 
 def parse_args(argv=None):

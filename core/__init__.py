@@ -5,22 +5,31 @@
     defense = core.REFINE(unet=core.UNet(64), model=classifier, num_classes=10)
     deployed = core.defense_class("BTI-DBF-P")(rounds=5).fit(classifier, defender_data, FitContext())
 """
-import torch
+# Importing is lazy (PEP 562): ``import core.cli`` stays free of PyTorch, so the scripts can catch Ctrl-C while
+# PyTorch is still loading (see core.cli.starting); ``core.BadNets`` imports its module on first use.
+import importlib
 
-# Denormal floats (tiny activations/gradients) make CPU kernels crawl - on some virtual machines a
-# training step went from 0.05 s to minutes. Flushing them to zero changes nothing that matters for
-# training; it must happen before PyTorch starts its worker threads, which copy the setting.
-torch.set_flush_denormal(True)
+_HOMES = {
+    ".attacks": ("ATTACKS", "BATT", "AdaptivePatch", "BadNets", "Benign", "Blended", "LabelConsistent", "PhysicalBA",
+                 "WaNet", "build_attack", "restore_attack"),
+    ".checkpoint": ("load_classifier", "save_classifier"),
+    ".data": ("load_split",),
+    ".defenses": ("DEFENSES", "REFINE", "DeployedModel", "FitContext", "defense_class", "load_deployed"),
+    ".errors": ("UserError",),
+    ".metrics": ("ba_asr",),
+    ".models": ("Classifier", "UNet", "build_classifier"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_HOME_OF)
 
-from .attacks import (ATTACKS, BATT, AdaptivePatch, BadNets, Benign, Blended, LabelConsistent, PhysicalBA, WaNet,
-                      build_attack, restore_attack)
-from .checkpoint import load_classifier, save_classifier
-from .data import load_split
-from .defenses import DEFENSES, REFINE, DeployedModel, FitContext, defense_class, load_deployed
-from .errors import UserError
-from .metrics import ba_asr
-from .models import Classifier, UNet, build_classifier
 
-__all__ = ["ATTACKS", "AdaptivePatch", "BATT", "BadNets", "Benign", "Blended", "Classifier", "DEFENSES", "DeployedModel", "FitContext",
-           "LabelConsistent", "PhysicalBA", "REFINE", "UNet", "UserError", "WaNet", "ba_asr", "build_attack",
-           "build_classifier", "defense_class", "load_classifier", "load_deployed", "load_split", "restore_attack", "save_classifier"]
+def __getattr__(name):
+    if name not in _HOME_OF:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME_OF[name], __name__), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -192,4 +192,8 @@ def load_classifier(path, model: str | None = None, dataset: str | None = None, 
         missing = str(exc).splitlines()[1:3]
         raise UserError(f"{path} does not fit a {spec['model']} (width {spec['width']}, {spec['num_classes']} "
                         f"classes): {' '.join(s.strip() for s in missing)[:300]}; pass the right --model") from exc
+    broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if broken:  # every prediction would be NaN: a defense would "diverge" on it, an evaluation mean nothing
+        raise UserError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                        f"{', ...' if len(broken) > 3 else ''}); it is no usable model")
     return classifier.eval(), meta

@@ -3,8 +3,11 @@ layers, and one line instead of a traceback for every error the user can fix."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import os
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -26,6 +29,27 @@ def add_layers(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--preset", help=f"YAML preset in configs/{task}/ (paper [default], mini, fast; "
                                          f"the built-in defaults are the paper's settings)")
     parser.add_argument("--config", help="YAML file of options, applied after the preset")
+
+
+def check_writable(path, flag: str) -> None:
+    """Refuses up front an output ``path`` whose folder (the nearest one that exists) cannot be written: for outputs
+    written only after hours of work, such as compare.py's tables."""
+    folder = Path(path).expanduser().absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {path}: {folder} is not a writable folder; pass a writable {flag}")
+
+
+@contextlib.contextmanager
+def starting():
+    """Wraps a script's imports: PyTorch takes seconds to load, and Ctrl-C meanwhile is one line and exit
+    status 130, as it is later (this module imports nothing heavy, see core/__init__.py)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("\ninterrupted while starting; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 def main_guard(fn):

@@ -7,8 +7,9 @@ from pathlib import Path
 import yaml
 
 from .attacks import canonical_name
-from .data import will_use_embedded_sample
+from .data import DATASETS, will_use_embedded_sample
 from .errors import UserError
+from .settings import SECTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EMBEDDED_SECTION = "embedded_sample"  # preset section used instead when the embedded CIFAR-10 sample is the data
@@ -80,6 +81,9 @@ def _merge(layers: list[dict], defaults: dict, given: dict, with_sample: bool) -
     for layer in layers:
         sections = {k: v for k, v in layer.items() if isinstance(v, dict)}
         flat = {k: v for k, v in layer.items() if not isinstance(v, dict)}
+        for key in [k for k in sections if k in SECTIONS]:  # a run's config.yaml (nested by section) replayed
+            flat.update(sections.pop(key))
+        _check_sections(sections)
         name = given.get("dataset", flat.get("dataset", config.get("dataset")))
         attack = canonical_name(given.get("attack", flat.get("attack", config.get("attack"))))
         defense = given.get("defense", flat.get("defense", config.get("defense")))
@@ -95,6 +99,19 @@ def _merge(layers: list[dict], defaults: dict, given: dict, with_sample: bool) -
             _check_known(section, defaults)
             config.update(section)
     return config, notes
+
+
+def _check_sections(sections: dict) -> None:
+    """A section must name a data set, an attack or a defense (or be the embedded_sample section): a misspelt
+    one would be ignored without a word."""
+    from .attacks import ATTACKS
+    from .defenses import DEFENSES
+
+    known = {*DATASETS, EMBEDDED_SECTION, *ATTACKS.names(), *ATTACKS.aliases, *DEFENSES.names(), *DEFENSES.aliases}
+    unknown = sorted(map(str, set(sections) - known))
+    if unknown:
+        raise UserError(f"unknown section(s) in config: {', '.join(unknown)}; a section is named after a data set "
+                        f"({', '.join(DATASETS)}), an attack or a defense, or is embedded_sample")
 
 
 def _check_known(source: dict, defaults: dict) -> None:

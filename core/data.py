@@ -19,6 +19,7 @@ import pickle
 import tarfile
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,10 @@ def dataset_info(name: str) -> tuple[int, int]:
 def _decode(data: bytes, path: str) -> np.ndarray:
     import cv2  # imported here so that importing core stays cheap
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error:  # OpenCV asserts on some damaged files instead of returning None
+        img = None
     if img is None:
         raise UserError(f"could not decode image {path}; remove or replace the file")
     return img[:, :, ::-1]  # BGR -> RGB
@@ -184,6 +188,13 @@ def _cache_path(root: Path, dataset: str, split: str) -> Path:
     return root / f".cache_{dataset}_{split}.pt"
 
 
+def _write_cache(cache: Path, blob: dict) -> None:
+    try:
+        atomic_save(blob, cache)
+    except OSError:
+        pass  # read-only data folder: no cache, still correct
+
+
 def _read_cache(cache: Path):
     """The decoded images of a folder tree saved by an earlier run, or None (absent, truncated, foreign):
     a cache that cannot be read is rebuilt from the images, never trusted or fatal."""
@@ -196,11 +207,18 @@ def _read_cache(cache: Path):
         return None
 
 
+class DataNotFound(UserError):
+    """No data set at the data root (where the mini presets may fall back to the embedded sample)."""
+
+
 def find_source(dataset: str, data_root: str | os.PathLike) -> tuple[str, Path]:
     """Locates a data set. Returns (kind, path) with kind in {'folder', 'tarball', 'cifar-batches'}."""
     root = Path(data_root)
-    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
-        return "tarball", root
+    if root.is_file():
+        if root.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return "tarball", root
+        raise UserError(f"--data-root {root} is a file but not a .tar.gz/.tgz/.tar archive; pass the folder that "
+                        f"holds the data or the archive")
     for candidate in (root / dataset, root):
         if (candidate / "train").is_dir() and (candidate / "test").is_dir():
             return "folder", candidate
@@ -210,7 +228,7 @@ def find_source(dataset: str, data_root: str | os.PathLike) -> tuple[str, Path]:
                 return "cifar-batches", candidate
     how = ("pass --download to fetch CIFAR-10 there, " if dataset == "CIFAR10"
            else "see docs/data.md for how to prepare ImageNet-50, ")
-    raise UserError(
+    raise DataNotFound(
         f"no {dataset} data found under {root}: {how}put an image-folder tree at {root}/{dataset}/train/<class>/ "
         f"and {root}/{dataset}/test/<class>/, or pass --data-root PATH"
     )
@@ -226,26 +244,28 @@ def will_use_embedded_sample(dataset: str, data_root, allow_embedded: bool) -> b
         return False
     try:
         find_source(dataset, data_root)
-    except UserError:
+    except DataNotFound:
         return True
     return False
 
 
-def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_embedded: bool = False) -> Split:
+def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_embedded: bool = False,
+               deferred_writes: list | None = None) -> Split:
     """Loads one split (``'train'`` or ``'test'``) of ``dataset`` into memory as uint8 tensors.
 
     With ``allow_embedded`` the CIFAR-10 sample shipped in ``data/`` is used when no full copy is found.
     Decoded folder trees are cached next to the data (``.cache_<dataset>_<split>.pt``) so the next run
-    starts in a second.
+    starts in a second. Given ``deferred_writes`` (a list), that cache write is appended to it as a callable
+    instead of done now: a job calls it once every check has passed, so a refused run writes nothing anywhere.
     """
     _, size = dataset_info(dataset)
     try:
         kind, path = find_source(dataset, data_root)
-    except UserError:
+    except DataNotFound:
         if not _embedded_allowed(dataset, allow_embedded):
             raise
         kind, path = "tarball", EMBEDDED_SAMPLE
-    other_classes = None
+    other_classes = write_cache = None
     if kind == "folder":
         other_dir = path / ("test" if split == "train" else "train")
         if other_dir.is_dir():
@@ -256,10 +276,7 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
             images, labels, classes = cached
         else:
             images, labels, classes = _read_folder_tree(path / split, size)
-            try:
-                atomic_save({"images": images, "labels": labels, "classes": list(classes)}, cache)
-            except OSError:
-                pass  # read-only data folder: no cache, still correct
+            write_cache = partial(_write_cache, cache, {"images": images, "labels": labels, "classes": list(classes)})
     elif kind == "tarball":
         images, labels, classes, other_classes = _read_tarball(path, dataset, split, size)
     else:
@@ -271,6 +288,8 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
         raise UserError(f"the {split} split of {path} and the other split have different classes (missing in "
                         f"{split}: {', '.join(missing) or 'none'}; only in {split}: {', '.join(extra) or 'none'}); "
                         f"both splits need the same <class> folders")
+    if write_cache is not None:  # only a split that passed every check is cached
+        write_cache() if deferred_writes is None else deferred_writes.append(write_cache)
     source = f"{dataset} {split} from {path}"
     if path == EMBEDDED_SAMPLE:
         source += " (embedded CIFAR-10 sample, not the full data set)"

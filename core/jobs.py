@@ -113,6 +113,7 @@ class Job:
     notes: list = field(default_factory=list)
     label: str = ""  # put before BA/ASR when a finished run is reported
     declared: dict = field(default_factory=dict)  # the job's settings (core.settings.Setting), by key
+    deferred_writes: list = field(default_factory=list)  # writes plan() wants (e.g. a data cache), done after checks
 
     def plan(self) -> None:
         raise NotImplementedError
@@ -152,6 +153,8 @@ def run_job(job: Job) -> Path:
                 job.notes.append(note)
         if status == "fresh":
             shutil.rmtree(folder / STATE_DIR, ignore_errors=True)
+        for write in job.deferred_writes:  # every check has passed: the first write
+            write()
         run = start_run(folder, status, job.settings, config, job.notes, discard=(job.product,), header=job.header,
                         written=nest(config, job.declared))
         started = time.time()

@@ -45,10 +45,11 @@ def attack_root(config: dict) -> Path:
     return Path(config["out"]) / config["dataset"] / config["model"] / config["attack"]
 
 
-def load_data(config: dict, log):
-    """Benign train/test splits of the config's data set (subsets when train_size/test_size are set)."""
-    train = load_split(config["dataset"], "train", config["data_root"], config["allow_embedded"])
-    test = load_split(config["dataset"], "test", config["data_root"], config["allow_embedded"])
+def load_data(config: dict, log, deferred_writes: list | None = None):
+    """Benign train/test splits of the config's data set (subsets when train_size/test_size are set); the
+    decoded-data cache is written now or appended to ``deferred_writes`` (see :func:`core.data.load_split`)."""
+    train, test = (load_split(config["dataset"], split, config["data_root"], config["allow_embedded"], deferred_writes)
+                   for split in ("train", "test"))
     if config.get("train_size"):
         train = train.subset(seeded_subset(len(train), config["train_size"], config["seed"], train.labels))
     if config.get("test_size"):
@@ -107,7 +108,7 @@ class AttackJob(Job):
         torch.manual_seed(config["seed"])
         self.model = build_classifier(config["model"], config["dataset"], num_classes, config["width"],
                                       config["normalization"], config["mean"], config["std"])
-        self.train, self.test = load_data(config, self.notes.append)
+        self.train, self.test = load_data(config, self.notes.append, self.deferred_writes)
         attack.plan(self.train.labels)  # an impossible plan (rate too high for the candidates) is refused now
         self.config = config
         self.declared = job_settings

@@ -184,8 +184,9 @@ class DefenseJob(Job):
         config = {**config, "model_path": str(model_path),  # the file defended, absolute (its hash is in the settings)
                   **{k: self.classifier.spec[k] for k in ("normalization", "mean", "std")}}  # what is used
         ensure_data(config, self.notes.append)
-        train = load_split(config["dataset"], "train", config["data_root"], config["allow_embedded"])
-        test = load_split(config["dataset"], "test", config["data_root"], config["allow_embedded"])
+        where = (config["data_root"], config["allow_embedded"], self.deferred_writes)  # cache written after checks
+        train = load_split(config["dataset"], "train", *where)
+        test = load_split(config["dataset"], "test", *where)
         if config["test_size"]:
             test = evaluation_subset(test, config["test_size"])
         self.train, self.test = train, test

@@ -177,7 +177,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
 RUN = {
     "device": Setting("auto", "auto, cpu, cuda, cuda:1 or a GPU index", text(), "run",
                       aliases=("--gpu_id", "--gpu")),
-    "seed": Setting(0, "random seed (trigger, subsets, initial weights, batch order)", integer(0), "train"),
+    "seed": Setting(0, "random seed (trigger, subsets, initial weights, batch order)", integer(0, 2**31 - 1), "train"),
     "amp": Setting(True, "bf16 mixed precision on CUDA (no effect on a CPU)", boolean(), "train"),
     "compile": Setting(False, "torch.compile where the method supports it (eager again if compilation fails): "
                               "speed only", boolean(), "run"),

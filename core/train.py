@@ -23,6 +23,12 @@ from .errors import DivergedError, UserError
 from .seeding import generator
 from .settings import Setting, defaults
 
+# Denormal floats (tiny activations/gradients) make CPU kernels crawl - on some virtual machines a training step
+# went from 0.05 s to minutes. Flushing them to zero changes nothing that matters for training; it must happen
+# before PyTorch starts its worker threads, which copy the setting: every job and every training or evaluation
+# path imports this module before its first computation.
+torch.set_flush_denormal(True)
+
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("SGD", "Adam")
 

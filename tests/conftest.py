@@ -19,7 +19,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 sys.path.insert(0, str(ROOT))
-from core.data import Split  # noqa: E402  (importing core first sets its CPU flags before threads start)
+import core.train  # noqa: E402,F401  (sets the CPU flags before PyTorch's threads start)
+from core.data import Split  # noqa: E402
 from core.cli import main_guard  # noqa: E402
 
 torch.set_num_threads(2)
@@ -80,6 +81,42 @@ def write_tree(root: Path, per_class: int = 3, size: int = 32, classes: int = 10
                 cv2.imwrite(str(folder / f"{i}.png"), img)
 
 
+# -- torch.compile failing ---------------------------------------------------------------------------------
+def _compiler_error():
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return BackendCompilerFailed("inductor", RuntimeError("no C++ compiler found"), None)
+
+
+class _FailInBackward(torch.autograd.Function):
+    """Identity forward; its backward fails as a compiled backward graph that cannot be built would."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise _compiler_error()
+
+
+def broken_compile(where):
+    """A stand-in for torch.compile whose compiled module fails in ``where`` (forward, backward - as a compiler
+    that cannot build would -, oom, bug)."""
+    def compile(module):
+        def run(x):
+            if where == "forward":
+                raise _compiler_error()
+            if where == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            if where == "bug":
+                raise ValueError("a real bug in the model")
+            return _FailInBackward.apply(module(x))
+        return run
+    return compile
+
+
+
 # -- the toy backdoored model -----------------------------------------------------------------------------------
 TOY_TARGET = 1  # not 0: a detector or vote that falls back to the first class must not pass by accident
 
@@ -94,6 +131,20 @@ class ToyBackdoor:
     train: Split  # 400 clean training images (seed 1), before poisoning: a defender's benign data
     test: Split  # 200 clean test images (seed 2)
     poisoned_test: Split
+
+
+def cifar_batches(folder: Path, test_entry) -> None:
+    """A cifar-10-batches-py folder of five tiny training batches (2 black images each) and ``test_entry`` pickled
+    as its test batch."""
+    import pickle
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    good = {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 1], "batch_label": "x", "filenames": []}
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(good))
+    (folder / "test_batch").write_bytes(pickle.dumps(test_entry))
 
 
 def train_toy_backdoor(seed: int = 0) -> ToyBackdoor:
@@ -181,6 +232,16 @@ def run_main(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 # -- tiny runs of attack.py ------------------------------------------------------------------------------------
+def one_line_refusal(script: str, argv: list[str], capsys, *watched: Path) -> str:
+    """Runs the script and checks the refusal promise: exit status 2, one line on stderr starting 'error: ', no
+    traceback, and nothing under ``watched`` changed. Returns that line."""
+    before = snapshot(*watched)
+    code, out, err = run_main(script, argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, (out, err)
+    assert snapshot(*watched) == before, "a refused run wrote something"
+    return err
+
+
 def attack(data, out, *extra):
     """attack.py's argv for a one-epoch width-4 mini run on a tiny data tree."""
     return ["--data-root", str(data), "--out", str(out), "--preset", "mini", "--width", "4", "--epochs", "1",

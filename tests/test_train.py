@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import seeds, train_toy_backdoor
+from conftest import broken_compile, seeds, train_toy_backdoor
 from core.metrics import ba_asr
 from core.models import build_classifier
 from core.train import train_classifier
@@ -86,9 +86,7 @@ def test_compiled_training_gives_the_weights_of_eager_training(monkeypatch, synt
 
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_attack_training_falls_back_to_eager_when_compilation_fails(monkeypatch, synthetic, where):
-    from test_refine import _broken_compile
-
-    monkeypatch.setattr(torch, "compile", _broken_compile(where))
+    monkeypatch.setattr(torch, "compile", broken_compile(where))
     logs = []
     torch.manual_seed(0)
     model = build_classifier("ResNet18", "CIFAR10", 4, width=4)
@@ -100,9 +98,7 @@ def test_attack_training_falls_back_to_eager_when_compilation_fails(monkeypatch,
 
 @pytest.mark.parametrize("where, error", [("oom", torch.OutOfMemoryError), ("bug", ValueError)])
 def test_compiled_attack_training_does_not_hide_other_errors(monkeypatch, synthetic, where, error):
-    from test_refine import _broken_compile
-
-    monkeypatch.setattr(torch, "compile", _broken_compile(where))
+    monkeypatch.setattr(torch, "compile", broken_compile(where))
     with pytest.raises(error):
         _few_steps(synthetic(32, size=16), compile=True)
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import seeds
+from conftest import broken_compile, seeds
 from core.defenses import REFINE, LabelRemap, load_deployed, random_derangement, save_deployed
 from core.defenses.losses import remapped_loss, supcon_loss
 from core.errors import UserError
@@ -302,43 +302,10 @@ def test_compiled_losses_match_eager():
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
 
 
-def _compiler_error():
-    from torch._dynamo.exc import BackendCompilerFailed
-
-    return BackendCompilerFailed("inductor", RuntimeError("no C++ compiler found"), None)
-
-
-class _FailInBackward(torch.autograd.Function):
-    """Identity forward; its backward fails as a compiled backward graph that cannot be built would."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise _compiler_error()
-
-
-def _broken_compile(where):
-    """A stand-in for torch.compile whose compiled module fails in ``where``."""
-    def compile(module):
-        def run(x):
-            if where == "forward":
-                raise _compiler_error()
-            if where == "oom":
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            if where == "bug":
-                raise ValueError("a real bug in the model")
-            return _FailInBackward.apply(module(x))
-        return run
-    return compile
-
-
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_training_falls_back_to_eager_when_compilation_fails(monkeypatch, synthetic, where):
     defense = REFINE(UNet(4), _tiny_classifier(), num_classes=4, seed=0)
-    monkeypatch.setattr(torch, "compile", _broken_compile(where))
+    monkeypatch.setattr(torch, "compile", broken_compile(where))
     logs = []
     defense.train(synthetic(16, size=16).images, epochs=1, batch_size=8, lr=1e-3, optimizer="Adam",
                   compile=True, log=logs.append)
@@ -349,7 +316,7 @@ def test_training_falls_back_to_eager_when_compilation_fails(monkeypatch, synthe
 @pytest.mark.parametrize("where, error", [("oom", torch.OutOfMemoryError), ("bug", ValueError)])
 def test_compiled_training_does_not_hide_other_errors(monkeypatch, synthetic, where, error):
     defense = REFINE(UNet(4), _tiny_classifier(), num_classes=4, seed=0)
-    monkeypatch.setattr(torch, "compile", _broken_compile(where))
+    monkeypatch.setattr(torch, "compile", broken_compile(where))
     with pytest.raises(error):
         defense.train(synthetic(16, size=16).images, epochs=1, batch_size=8, lr=1e-3, optimizer="Adam",
                       compile=True, log=lambda m: None)

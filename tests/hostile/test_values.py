@@ -73,7 +73,7 @@ BATTERY = [
     ("attack", ["--attack", "Blended", "--alpha", "2"], "--alpha must be a number in (0, 1], got 2"),
     ("attack", ["--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
     ("attack", ["--label-smoothing", "2"], "--label-smoothing must be a number in [0, 1]"),
-    ("attack", ["--seed", "-1"], "--seed must be an integer >= 0"),
+    ("attack", ["--seed", "-1"], "--seed must be an integer in [0, 2147483647], got -1"),
     ("attack", ["--attack", "Wanet"], "--attack must be one of Benign, BadNets, Blended, WaNet, Physical, BATT, LC, "
                                       "Adaptive, PhysicalBA, LabelConsistent, AdaptivePatch, got 'Wanet'"),
     ("attack", ["--attack", "WaNet", "--alpha", "0.2"], "--alpha is a setting of Blended, not of WaNet"),
