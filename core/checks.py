@@ -89,6 +89,15 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, optional=False) -> Ch
     return Check(what, convert, optional, parse_number)
 
 
+MAX_LEARNING_RATE = 1e6
+
+
+def learning_rate() -> Check:
+    """A learning rate: > 0 and at most 1e6 (larger ones are typos, and overflow float32 before the loss can
+    show a divergence)."""
+    return replace(number(0, MAX_LEARNING_RATE, lo_open=True), describe="a number > 0 (at most 1e6)")
+
+
 def choice(options, optional=False, casefold=False, hint: Callable[[Any], str] = lambda v: "") -> Check:
     options = list(options)
 

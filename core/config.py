@@ -18,7 +18,7 @@ EMBEDDED_SECTION = "embedded_sample"  # preset section used instead when the emb
 def read_yaml(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
+        raise UserError(f"config file {path} " + ("is a folder; pass a YAML file" if path.is_dir() else "does not exist"))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

@@ -145,8 +145,7 @@ class AttackJob(Job):
         train_classifier(model, poisoned_train, **{k: config[k] for k in CLASSIFIER_RECIPE}, device=device,
                          amp=config["amp"], seed=config["seed"], state_path=folder / STATE_DIR / "train_state.pth",
                          fingerprint=self.settings, evaluate=evaluate, eval_every=config["eval_every"], log=run.log,
-                         roles=plan.roles(len(train)),
-                         batch_hook=attack.train_hook if attack.has_train_hook else None,
+                         **attack.hook_arguments(plan, len(train)),
                          compile=config["compile"], fused=config["fused"])
         done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]
         final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(config["epochs"])

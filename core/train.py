@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .augment import AUGMENTATIONS
 from .checkpoint import atomic_save, safe_load
-from .checks import choice, int_list, number, integer
+from .checks import choice, int_list, integer, learning_rate, number
 from .data import Split, iterate_batches, memory_format
 from .errors import DivergedError, UserError
 from .seeding import generator
@@ -41,7 +41,7 @@ def training_recipe(*, epochs: int, batch_size: int, lr: float, optimizer: str =
     return {
         "epochs": Setting(epochs, "training epochs", integer(1), "train", aliases=("--epoch",)),
         "batch_size": Setting(batch_size, "training batch size", integer(1), "train", aliases=("--batch_size",)),
-        "lr": Setting(lr, "learning rate", number(0, lo_open=True), "train"),
+        "lr": Setting(lr, "learning rate", learning_rate(), "train"),
         "optimizer": Setting(optimizer, "optimizer", choice(OPTIMIZERS, casefold=True), "train",
                              aliases=("--optim",)),
         "momentum": Setting(momentum, "SGD momentum", number(0, 1, hi_open=True), "train"),
@@ -315,6 +315,14 @@ class LossGuard:
             raise DivergedError(f"loss became {float(self.value.item())} at epoch {self.epoch + 1}, step {step + 1}: "
                                 f"training diverged; {self.hint}")
 
+    def check_weights(self, parameters) -> None:
+        """At the end of an epoch: a step taken from a finite loss can still leave NaN or infinite weights (a
+        huge learning rate), which the loss shows only one step later - or never, after the last step."""
+        finite = [p.detach().isfinite().all() for p in parameters]
+        if finite and not bool(torch.stack(finite).all()):
+            raise DivergedError(f"weights became NaN or infinite in epoch {self.epoch + 1}: training diverged; "
+                                f"{self.hint}")
+
 
 def is_compile_failure(err: BaseException) -> bool:
     """True for an error of torch.compile's tracer or code generator (classes of ``torch._dynamo`` and
@@ -495,6 +503,7 @@ def fit(
                 if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
                     bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
             guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
+            guard.check_weights(p for name in trainable for p in modules[name].parameters())
             means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
             if log_epochs:
                 log(f"{desc} {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
@@ -524,6 +533,7 @@ def train_classifier(
     log: Callable[[str], None] = print,
     roles: torch.Tensor | None = None,
     batch_hook: Callable | None = None,
+    hook_after_augment: bool = False,
     compile: bool = False,
     fused: bool = False,
     **recipe,
@@ -537,7 +547,9 @@ def train_classifier(
     epoch and reloaded on start. ``evaluate(epoch)`` is called every ``eval_every`` epochs and after the last one.
     A non-finite loss raises :class:`DivergedError` (see :class:`LossGuard`); the state of the last good epoch
     stays saved. ``batch_hook(x, roles, generator)``: an attack's per-batch transformation (see
-    :meth:`core.attacks.Attack.train_hook`), applied before ``augment``; ``roles``: uint8 N, each sample's role.
+    :meth:`core.attacks.Attack.train_hook`), applied before ``augment``, or after it with ``hook_after_augment``
+    (a trigger that the augmentation must not alter, e.g. BATT's rotation, which a flip would mirror); ``roles``:
+    uint8 N, each sample's role. :meth:`core.attacks.Attack.hook_arguments` gives these three for an attack.
     ``compile``: full batches run through ``torch.compile(model)`` (eager again where compilation fails);
     ``fused``: fused optimizer kernels on CUDA. Both are speed-ups only: the same computation.
     """
@@ -558,9 +570,12 @@ def train_classifier(
     augment_fn = AUGMENTATIONS[augment]
 
     def prepare(x, y, batch_roles, rng):
-        if batch_hook is not None:
+        if batch_hook is not None and not hook_after_augment:
             x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
-        return augment_fn(x, generator=rng("augment")).contiguous(memory_format=layout)
+        x = augment_fn(x, generator=rng("augment"))
+        if batch_hook is not None and hook_after_augment:
+            x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
+        return x.contiguous(memory_format=layout)
 
     def loss_fn(x, y, mods):
         logits = mods["model"](x)

@@ -99,6 +99,8 @@ def main():
         ("attack: --milestones huge", "attack", [*common, "--milestones", "1000000000000000000000",
                                                  "--out", str(out / "ms")]),
         ("attack: --lr 1e308", "attack", [*common, "--lr", "1e308", "--out", str(out / "lr")]),
+        ("attack: --lr 1e6, constant", "attack", [*common, "--lr", "1000000", "--schedule", "constant",
+                                                  "--optimizer", "SGD", "--out", str(out / "lr6")]),
         ("attack: --poisoned-rate 1e-300", "attack", [*common, "--poisoned-rate", "1e-300", "--out", str(out / "pr")]),
         ("attack: --attack Adaptive --patch-opacity 0,0,0,0", "attack",
          [*common, "--attack", "Adaptive", "--patch-opacity", "0,0,0,0", "--out", str(out / "po")]),

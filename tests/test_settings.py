@@ -38,7 +38,7 @@ def test_flags_parse_values_and_leave_the_verdict_to_the_check():
     assert args == {"epochs": 1e30, "y_target": 3, "gamma": 0.5, "lr": "abc"}  # official spellings are aliases
     with pytest.raises(UserError, match=r"^--epochs must be an integer >= 1, got 1e\+30$"):
         validate(args, attack_job_settings())
-    with pytest.raises(UserError, match="^--lr must be a number > 0, got 'abc'$"):
+    with pytest.raises(UserError, match=r"^--lr must be a number > 0 \(at most 1e6\), got 'abc'$"):
         validate({"lr": "abc"}, attack_job_settings())
 
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import core.train
-from core.errors import UserError
+from core.errors import DivergedError, UserError
 from core.train import EpochState, RandomStream, Stages, fit, frozen
 
 
@@ -193,3 +193,16 @@ def test_stages_resume_mid_stage_skip_finished_ones_and_keep_one_copy_of_shared_
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), again.state_dict().values()))
     with pytest.raises(UserError, match="other settings"):
         Stages(tmp_path, {"k": 2}).once("once", lambda: None)
+
+
+def test_weights_gone_infinite_after_the_epochs_last_step_stop_the_run_before_it_is_saved(tmp_path):
+    # one step per epoch from a finite loss (1e35) whose update (lr 1e6 × gradient 1e35) overflows float32
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(net.weight)
+    x, y = torch.ones(4, 1), torch.zeros(4)
+    state = EpochState(tmp_path / "state.pth", {"net": net})
+    with pytest.raises(DivergedError, match="weights became NaN or infinite in epoch 1: training diverged"):
+        fit(lambda x, y, mods: (mods["net"](x).mean() * 1e35, {}), {"net": net}, x, y,
+            optimizer=torch.optim.SGD(net.parameters(), lr=1e6), epochs=1, batch_size=4, device="cpu",
+            trainable=("net",), state=state, log=lambda m: None)
+    assert not (tmp_path / "state.pth").exists(), "a diverged epoch is not saved"

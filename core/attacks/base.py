@@ -13,10 +13,13 @@ defines its trigger; the base does the rest:
 * **training trigger vs test trigger** - :meth:`Attack.apply_train_trigger` (may vary per sample, e.g.
   Adaptive-Patch cycles through its patches) and :meth:`Attack.apply_trigger` (the one ASR is measured with);
 * **per-batch hook** - :meth:`Attack.train_hook`, run on every training batch with each sample's role
-  (PhysicalBA's physical transformations, BATT's benign rotations, WaNet's noise mode).
+  (PhysicalBA's physical transformations, BATT's trigger and benign rotations, WaNet's noise mode), before
+  the training augmentation unless ``hook_after_augment`` (:meth:`Attack.hook_arguments` hands it to the
+  training loop).
 
 Triggers are applied once, to the uint8 images in memory (rounded as an image file would be), before the
-per-batch hook and the training augmentation, as in BackdoorBox's poisoned data sets.
+per-batch hook and the training augmentation, as in BackdoorBox's poisoned data sets - except the triggers an
+attack applies in its hook instead (``payload_in_hook``, ``cover_in_hook``).
 """
 from __future__ import annotations
 
@@ -139,9 +142,23 @@ class Attack:
     @property
     def has_train_hook(self) -> bool:
         """Whether the training loop must call :meth:`train_hook`: true for an attack that defines one (an attack
-        may narrow it to the settings under which its hook changes anything, as BATT and WaNet do)."""
+        may narrow it to the settings under which its hook changes anything, as BATT and WaNet do; it must stay
+        true whenever payload or cover samples are triggered in the hook)."""
         return type(self).train_hook is not Attack.train_hook
+    # payload samples are triggered per batch by train_hook instead of once in memory (their label still changes)
+    payload_in_hook = False
     cover_in_hook = False  # cover samples are triggered per batch by train_hook instead of once in memory
+    # train_hook runs on the augmented batch instead of before the augmentation: for a trigger the augmentation
+    # must not alter (BATT's counter-clockwise rotation, which a horizontal flip would turn clockwise)
+    hook_after_augment = False
+
+    def hook_arguments(self, plan: PoisonPlan, n: int) -> dict:
+        """The keyword arguments that hand this attack's per-batch hook to :func:`core.train.train_classifier`
+        for a training set of ``n`` samples poisoned by ``plan``: the roles (uint8 n), the hook and whether it
+        runs after the augmentation; none when the attack has no hook."""
+        if not self.has_train_hook:
+            return {}
+        return {"roles": plan.roles(n), "batch_hook": self.train_hook, "hook_after_augment": self.hook_after_augment}
 
     def use_reference(self, model, cache_dir, device) -> None:
         """Receives the model of ``reference_attack`` (loaded weights-only), a folder for cached work and the
@@ -213,14 +230,19 @@ class Attack:
         return out
 
     def poison_train(self, train: Split) -> tuple[Split, PoisonPlan]:
-        """Poisoned copy of the training split (payload relabelled, cover not) and the plan."""
+        """Poisoned copy of the training split (payload relabelled, cover not) and the plan. Samples whose
+        trigger comes in the per-batch hook (``payload_in_hook``, ``cover_in_hook``) keep their images here."""
         plan = self.plan(train.labels)
         images, labels = train.images.clone(), train.labels.clone()
-        touched = plan.payload if self.cover_in_hook else plan.touched()
+        touched = plan.touched()
+        in_memory = torch.cat([torch.full((len(plan.payload),), not self.payload_in_hook),
+                               torch.full((len(plan.cover),), not self.cover_in_hook)])
+        order = torch.arange(len(touched))[in_memory]  # rank in plan.touched(), as apply_train_trigger takes it
+        touched = touched[in_memory]
         if len(touched):
             prepared = self.prepare_poisoned(images[touched], labels[touched], touched)
-            images[touched] = self.poison_uint8(prepared, order=torch.arange(len(touched)))
-            labels[plan.payload] = self.y_target
+            images[touched] = self.poison_uint8(prepared, order=order)
+        labels[plan.payload] = self.y_target
         cover = f" + {len(plan.cover)} cover samples" if len(plan.cover) else ""
         return Split(images, labels, train.classes,
                      train.source + f" + {len(plan.payload)} poisoned{cover} by {self.name}"), plan

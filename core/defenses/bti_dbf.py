@@ -63,7 +63,7 @@ from ..errors import UserError
 from ..models import Classifier, GeneratorUNet
 from ..seeding import derive_seed, generator
 from ..train import RandomStream, Stages, autocast, fit, frozen, make_optimizer, resolve_device
-from ..checks import integer, number
+from ..checks import integer, learning_rate, number
 from ..settings import from_dataclass
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .parts import DeployedModel, Purifier
@@ -86,7 +86,7 @@ class BTIDBFConfig:
     crop_padding: int = _declared(4, "padding of the random crop")
     # (1) decoupling benign features
     mask_epochs: int = _declared(20, "epochs of the feature mask (each round)", integer(0))
-    mask_lr: float = _declared(0.01, "learning rate of the feature mask", number(0, lo_open=True))
+    mask_lr: float = _declared(0.01, "learning rate of the feature mask", learning_rate())
     # (2) the generators (trigger G and purifier P): UNet width and depth
     generator_channels: int = _declared(32, "first-layer width of the generators G and P (at most 512: wider "
                                             "stages are capped there anyway)", integer(1, 512))
@@ -94,14 +94,14 @@ class BTIDBFConfig:
                                          "log2(image side) - 1", integer(1))
     # identity pre-training of G
     pretrain_epochs: int = _declared(50, "epochs of G's identity pre-training", integer(0))
-    pretrain_lr: float = _declared(1e-3, "learning rate of G's identity pre-training", number(0, lo_open=True))
+    pretrain_lr: float = _declared(1e-3, "learning rate of G's identity pre-training", learning_rate())
     pretrain_pixel_bound: float = _declared(0.1, "pre-training: pixel MSE above this gets weight pretrain_pixel_high, "
                                                  "else pretrain_pixel_low")
     pretrain_pixel_high: float = _declared(100.0, "pre-training: weight of a pixel MSE above the bound")
     pretrain_pixel_low: float = _declared(0.01, "pre-training: weight of a pixel MSE below the bound")
     # inversion
     inversion_epochs: int = _declared(30, "epochs of the trigger inversion (each round)", integer(0))
-    generator_lr: float = _declared(1e-3, "learning rate of G in the inversion", number(0, lo_open=True))
+    generator_lr: float = _declared(1e-3, "learning rate of G in the inversion", learning_rate())
     norm_bound: float = _declared(0.3, "inversion: L_norm above this, or L_ben above ben_bound, makes the step "
                                        "minimise L_norm only")
     ben_bound: float = _declared(3.0, "inversion: bound of L_ben (see norm_bound)")
@@ -116,11 +116,11 @@ class BTIDBFConfig:
     mix_extra: int = _declared(1, "see mix_fraction")
     # (4) BTI-DBF(U)
     unlearn_epochs: int = _declared(30, "(U): unlearning epochs (each round)", integer(0))
-    unlearn_lr: float = _declared(1e-4, "(U): unlearning learning rate", number(0, lo_open=True))
+    unlearn_lr: float = _declared(1e-4, "(U): unlearning learning rate", learning_rate())
     unlearn_feature_weight: float = _declared(1.0, "(U): weight of MSE(f_b(x_mix), f_b(x))")
     # (5) BTI-DBF(P)
     purify_epochs: int = _declared(30, "(P): purifier epochs (each round)", integer(0))
-    purify_lr: float = _declared(1e-3, "(P): purifier learning rate", number(0, lo_open=True))
+    purify_lr: float = _declared(1e-3, "(P): purifier learning rate", learning_rate())
     purify_noise: float = _declared(0.03, "(P): std of the Gaussian noise added (normalized space) to P's input")
     purify_norm_bound: float = _declared(0.05, "(P): pixel MSE above this gets weight purify_pixel_high, else "
                                                "purify_pixel_low")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from ..augment import AUGMENTATIONS
-from ..checks import choice, integer, number
+from ..checks import choice, integer, learning_rate, number
 from ..data import Split
 from ..models import Classifier
 from ..settings import Setting
@@ -18,7 +18,7 @@ from .refine import RefineDefense
 # crop + flip, cosine schedule); the REFINE paper gives no FT hyper-parameters.
 FT_SETTINGS = {
     "ft_epochs": Setting(10, "FT: fine-tuning epochs", integer(1), "train"),
-    "ft_lr": Setting(0.01, "FT: learning rate (SGD, momentum 0.9, cosine schedule)", number(0, lo_open=True), "train"),
+    "ft_lr": Setting(0.01, "FT: learning rate (SGD, momentum 0.9, cosine schedule)", learning_rate(), "train"),
     "ft_batch_size": Setting(128, "FT: batch size", integer(1), "train"),
     "ft_weight_decay": Setting(5e-4, "FT: weight decay", number(0), "train"),
     "ft_augment": Setting("crop_flip", "FT: augmentation", choice(AUGMENTATIONS), "train"),

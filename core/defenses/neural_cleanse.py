@@ -35,7 +35,7 @@ from ..data import Split
 from ..errors import UserError
 from ..seeding import generator
 from ..train import Stages, fit, frozen, resolve_device
-from ..checks import integer, number
+from ..checks import integer, learning_rate, number
 from ..settings import Setting
 from .base import Defense, FitContext, defender_share, register_defense
 from .bti_dbf import BTI_DBF_SETTINGS, BTIDBFConfig, _frozen_copy, build_generator, pretrain_generator, train_purifier
@@ -397,7 +397,7 @@ class NeuralCleanseDefense(Defense):
     aliases = ("NeuralCleanse",)
     settings = {
         "nc_epochs": Setting(NCConfig.epochs, "NC: optimisation epochs per class", integer(1)),
-        "nc_lr": Setting(NCConfig.lr, "NC: Adam's learning rate on the mask and pattern", number(0, lo_open=True)),
+        "nc_lr": Setting(NCConfig.lr, "NC: Adam's learning rate on the mask and pattern", learning_rate()),
         "nc_init_cost": Setting(NCConfig.init_cost, "NC: starting weight λ of the mask's L1 norm", number(0)),
         "nc_classes_per_pass": Setting(10, "NC: classes optimised together in one batched forward (same result)",
                                        integer(1)),

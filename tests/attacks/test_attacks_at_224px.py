@@ -107,9 +107,10 @@ def check_batt(attack, clean, poisoned):
 
 
 def check_adaptive(attack, clean, poisoned):
-    scale = SIZE // 32  # the 32-pixel layout, enlarged 7×: the corner patch is 35×35
+    scale = SIZE // 32  # the 32-pixel layout, enlarged 7×: the corner patch is 35×35, bottom right
     assert attack.patches.shape == (4, 3, SIZE, SIZE) and attack.masks.shape == (4, SIZE, SIZE)
-    assert int(attack.masks[0].sum()) == (5 * scale) ** 2 and attack.masks[0][:5 * scale, :5 * scale].all()
+    assert int(attack.masks[0].sum()) == (5 * scale) ** 2 and attack.masks[0][-5 * scale:, -5 * scale:].all()
+    assert int(attack.masks[1].sum()) == 4 * (3 * scale) ** 2 and attack.masks[1][:3 * scale, :3 * scale].all()
     inside = (attack.masks[0] + attack.masks[1]) > 0  # the test trigger: patches 0 and 1 at full opacity
     moved = changed_pixels(clean, poisoned)
     assert not moved[:, ~inside].any() and moved[:, inside].float().mean() > 0.9
@@ -135,8 +136,10 @@ def check_hook(name, attack, images, roles):
     moved = (out != x).flatten(1).any(1)
     if name == "Physical":  # every sample, poisoned or not
         assert moved.all()
-    elif name == "BATT":  # benign rotations of the clean samples only
-        assert not moved[roles != CLEAN].any() and moved[roles == CLEAN].float().mean() > 0.8
+    elif name == "BATT":  # the trigger on the payload samples, benign rotations of the clean ones
+        payload = roles == PAYLOAD
+        assert torch.equal(out[payload], attack.apply_trigger(x[payload]))
+        assert not moved[(roles != CLEAN) & ~payload].any() and moved[roles == CLEAN].float().mean() > 0.8
     else:
         raise AssertionError(f"{name} has a per-batch hook this test does not know: add what it should do")
     # ...and inside the training loop, as attack.py passes it: every sample once per epoch, with its role
@@ -148,7 +151,7 @@ def check_hook(name, attack, images, roles):
 
     train_classifier(tiny_clean_model().train(), Split(images, torch.arange(len(images)) % CLASSES, (), "x"),
                      epochs=1, batch_size=len(images) // 2, lr=0.01, augment="flip", device="cpu", roles=roles,
-                     batch_hook=spy, log=lambda m: None)
+                     batch_hook=spy, hook_after_augment=attack.hook_after_augment, log=lambda m: None)
     assert len(seen) == 2 and all(shape == (3, SIZE, SIZE) and dtype == torch.float32 for shape, dtype, _ in seen)
     assert torch.equal(torch.cat([r for _, _, r in seen]).sort().values, roles.sort().values)
 
@@ -180,7 +183,10 @@ def test_attack_poisons_224_pixel_images(name, data, tmp_path):
     if name == "Adaptive":
         assert len(plan.cover) == round(0.1 * N)
     assert torch.equal(poisoned.labels[plan.cover], data.labels[plan.cover])
-    assert (poisoned.images[touched] != data.images[touched]).flatten(1).any(1).all()
+    in_memory = touched.clone()  # BATT's payload is rotated by its hook, after the flip, not in memory
+    in_memory[payload] = not attack.payload_in_hook
+    assert (poisoned.images[in_memory] != data.images[in_memory]).flatten(1).any(1).all()
+    assert torch.equal(poisoned.images[touched & ~in_memory], data.images[touched & ~in_memory])
 
     test = attack.poison_test(data)
     keep = data.labels != TARGET

@@ -135,7 +135,15 @@ def test_only_the_planned_samples_are_touched(synthetic, name, settings):
     assert (data.labels[payload] != 2).any()  # some really were relabelled
     assert torch.equal(poisoned.labels[cover], data.labels[cover])
     changed = (poisoned.images != data.images).flatten(1).any(1)
-    assert changed[payload].all()
+    if attack.payload_in_hook:
+        # BATT: payload samples are only relabelled in memory; train_hook rotates them, freshly in every batch
+        assert not changed[payload].any()
+        roles = plan.roles(400)
+        x = poisoned.images.float() / 255
+        hooked = attack.train_hook(x, roles, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(hooked[payload], attack.apply_trigger(x[payload]))
+    else:
+        assert changed[payload].all()
     if settings.get("wanet_noise"):
         # noise mode: cover samples are not warped in memory but by train_hook, freshly in every batch
         assert not changed[cover].any()
@@ -212,26 +220,75 @@ def test_batt_rotation_is_counter_clockwise():
     assert (rows < 63).all()  # above the centre row
 
 
-def test_batt_hook_rotates_clean_samples_only_by_at_most_the_benign_angle():
+def test_batt_hook_rotates_payload_by_the_trigger_and_clean_samples_by_at_most_the_benign_angle():
     attack = BATT()
     n = 24
-    roles = torch.tensor([PAYLOAD if i % 4 == 0 else CLEAN for i in range(n)], dtype=torch.uint8)
+    roles = torch.tensor([PAYLOAD if i % 4 == 0 else COVER if i == 1 else CLEAN for i in range(n)], dtype=torch.uint8)
+    payload, clean, cover = roles == PAYLOAD, roles == CLEAN, roles == COVER
     x = spot_image(n)
     out = attack.train_hook(x, roles, generator=torch.Generator().manual_seed(0))
-    clean = roles == CLEAN
-    assert torch.equal(out[~clean], x[~clean])
+    assert torch.equal(out[payload], attack.apply_trigger(x[payload]))  # the trigger, exactly
+    assert torch.equal(out[cover], x[cover])  # BATT has no cover samples; the hook leaves any other role alone
     # on a textured image nearest-neighbour rotation changes pixels unless the drawn angle is a small fraction
     # of a degree, as two of these U(-10, 10) draws are
     texture = random_float_images(n, size=128)
     turned = attack.train_hook(texture, roles, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(turned[~clean], texture[~clean])
+    assert torch.equal(turned[payload], attack.apply_trigger(texture[payload]))
     assert (turned[clean] != texture[clean]).flatten(1).any(1).float().mean() > 0.8
     angles = torch.tensor([centroid_angle(img) for img in out[clean]])
     assert angles.abs().max() <= 10 + 1.5  # within ±10°, up to the nearest-neighbour rounding of a 40-px radius
     assert angles.abs().max() > 5 and angles.min() < 0 < angles.max()  # random per sample, both directions
-    # the ±10° is the setting, not a constant
-    none = BATT(benign_rotation=0.0).train_hook(x, roles, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(none, x)
+    # the ±10° is the setting, not a constant; the trigger stays
+    none = BATT(benign_rotation=0.0)
+    assert none.has_train_hook  # it carries the trigger
+    still = none.train_hook(x, roles, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(still[~payload], x[~payload]) and torch.equal(still[payload], out[payload])
+    assert not BATT(benign_rotation=0.0, poisoned_rate=0.0).has_train_hook
+
+
+def test_batt_trigger_reaches_the_model_after_the_flip(synthetic):
+    """The training loop, as attack.py runs it with BATT, must show the model each payload image flipped (or
+    not) and *then* rotated 16° counter-clockwise, like the test trigger, as the authors' code does; rotating
+    first lets the flip mirror half of the payload into a clockwise rotation the test set never shows."""
+    from core.data import to_float
+    from core.train import train_classifier
+
+    n, epochs = 48, 2
+    data = synthetic(n)  # noisy images: none is its own mirror image
+    attack = BATT(y_target=1, poisoned_rate=0.5, seed=0)
+    poisoned, plan = attack.poison_train(data)
+    clean = to_float(data.images[plan.payload])
+    rotated, rotated_flipped = attack.apply_trigger(clean), attack.apply_trigger(clean.flip(3))
+    mirrored = rotated.flip(3)  # the wrong order: rotated, then flipped (a clockwise rotation of the flip)
+    assert not (rotated_flipped == mirrored).flatten(1).all(1).any()  # the two orders differ on these images
+
+    shown = []
+
+    class Spy(torch.nn.Module):
+        """A tiny linear classifier that records every training batch it is shown."""
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            shown.append(x.detach().clone())
+            return self.linear(x.mean((2, 3)))
+
+    train_classifier(Spy(), poisoned, epochs=epochs, batch_size=16, lr=0.0, augment="flip", device="cpu",
+                     amp=False, log=lambda m: None, **attack.hook_arguments(plan, n))
+    views = torch.cat(shown)
+    assert len(views) == epochs * n
+
+    def matching(candidates):
+        """bool V: whether each view the model was shown equals one of ``candidates``."""
+        return (views[:, None] == candidates[None]).flatten(2).all(2).any(1)
+
+    as_trigger, as_flipped_trigger = matching(rotated), matching(rotated_flipped)
+    assert not matching(mirrored).any()
+    # every payload view, once per epoch, is the counter-clockwise trigger of the image or of its mirror image
+    assert int((as_trigger | as_flipped_trigger).sum()) == epochs * len(plan.payload)
+    assert as_trigger.any() and as_flipped_trigger.any()  # and the flip really happened to some of them
 
 
 # -- 6. Label-Consistent ----------------------------------------------------------------------------------
@@ -296,15 +353,35 @@ def test_adaptive_training_trigger_cycles_patches_at_their_opacities():
     assert len({int(m.sum()) for m in attack.masks}) == 4  # four different patches, not one repeated
 
 
-def test_adaptive_test_trigger_pastes_patches_0_and_1_at_full_opacity():
+def test_adaptive_test_trigger_pastes_patterns_1_and_2_at_full_opacity():
+    # Both authors' codes: REFINE's AdaptivePatch.py blends its test set with alphas [1] * 4, backdoor-toolbox's
+    # config.py gives the test pictures alphas 1, 1 (not the training opacities 0.5, 0.5).
     attack = AdaptivePatch(seed=0)
     x = random_float_images(2)
     out = attack.apply_trigger(x)
     m0, m1 = attack.masks[0] > 0, attack.masks[1] > 0
     inside = m0 | m1
+    assert (m0 & m1).any()  # the bottom-right mark lies on the corner patch, as in the authors' pictures
+    # pattern 1 lies on top where they meet: REFINE inserts both transforms at one index, so the second runs first
     assert torch.allclose(out[:, :, m0], attack.patches[0][:, m0].expand(2, -1, -1), atol=1e-6)
-    assert torch.allclose(out[:, :, m1], attack.patches[1][:, m1].expand(2, -1, -1), atol=1e-6)
+    assert torch.allclose(out[:, :, m1 & ~m0], attack.patches[1][:, m1 & ~m0].expand(2, -1, -1), atol=1e-6)
     assert torch.equal(out[:, :, ~inside], x[:, :, ~inside])  # patches 2 and 3 are not used at test time
+
+
+def test_adaptive_generated_patches_sit_where_the_authors_pictures_put_them():
+    # Read off the pictures in backdoor-toolbox's triggers/ (the same files in REFINE's adaptive_triggers/).
+    masks = AdaptivePatch(seed=1).masks
+    expected = torch.zeros(4, 32, 32)
+    expected[0, 27:32, 27:32] = 1  # phoenix_corner_32.png: 5×5, bottom right
+    for rows in (slice(0, 3), slice(29, 32)):  # badnet_patch4_32.png: four 3×3 marks in the image corners
+        for cols in (slice(0, 3), slice(29, 32)):
+            expected[1, rows, cols] = 1
+    expected[3, 21:29, 21:29] = 1  # trojan_square_32.png: 8×8, rows and columns 21-28
+    for k in (0, 1, 3):
+        assert torch.equal(masks[k], expected[k]), k
+    rows, cols = masks[2].nonzero().T  # firefox_corner_32.png: a round 13×13 logo, rows 1-13, columns 18-30
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (1, 13, 18, 30)
+    assert masks[2, 7, 24] == 1 and masks[2, 1, 18] == 0  # round: centre in, bounding-box corner out
 
 
 def test_adaptive_generated_triggers_are_deterministic_per_seed():
@@ -322,36 +399,61 @@ def test_adaptive_generated_patches_are_saturated_and_never_black():
         assert (pixels.sum(0) > 0).all(), k  # black would read as "no trigger" once saved as an image
 
 
-def write_patch_folder(folder, count):
-    """``count`` 32×32 PNGs, black but for a coloured 3×3 square each; returns the RGB colours and squares."""
-    folder.mkdir()
-    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 100, 50)][:count]
-    corners = [(1, 1), (5, 20), (25, 3), (28, 28)][:count]
-    for i, (colour, (r, c)) in enumerate(zip(colours, corners)):
-        img = np.zeros((32, 32, 3), dtype=np.uint8)
+AUTHORS_FILES = ("phoenix_corner", "badnet_patch4", "firefox_corner", "trojan_square")  # patterns 1-4
+
+
+def write_patch_folder(folder, names, size=32, suffix="_32"):
+    """One PNG per name, black but for a coloured 3×3 square each; returns the RGB colours and squares."""
+    folder.mkdir(exist_ok=True)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 100, 50)]
+    corners = [(1, 1), (5, 20), (25, 3), (28, 28)]
+    for name, colour, (r, c) in zip(names, colours, corners):
+        img = np.zeros((size, size, 3), dtype=np.uint8)
         img[r:r + 3, c:c + 3] = colour
-        assert cv2.imwrite(str(folder / f"{i}.png"), img[:, :, ::-1])  # cv2 writes BGR
+        assert cv2.imwrite(str(folder / f"{name}{suffix}.png"), img[:, :, ::-1])  # cv2 writes BGR
     return colours, corners
 
 
-def test_adaptive_trigger_dir_loads_four_images_with_non_black_masks(tmp_path):
-    colours, corners = write_patch_folder(tmp_path / "four", 4)
-    (tmp_path / "four" / "notes.txt").write_text("not an image")  # ignored: not an image suffix
-    attack = AdaptivePatch(trigger_dir=tmp_path / "four")
+def test_adaptive_trigger_dir_takes_the_authors_pictures_by_name_not_sorted(tmp_path):
+    # Sorted by name they would be badnet, firefox, phoenix, trojan: firefox would get 0.5 and phoenix 0.2, and
+    # the test trigger would be badnet + firefox instead of phoenix + badnet.
+    colours, corners = write_patch_folder(tmp_path / "authors", AUTHORS_FILES)
+    attack = AdaptivePatch(trigger_dir=tmp_path / "authors")
     assert attack.patches.shape == (4, 3, 32, 32) and attack.masks.shape == (4, 32, 32)
     for k, (colour, (r, c)) in enumerate(zip(colours, corners)):
         expected_mask = torch.zeros(32, 32)
         expected_mask[r:r + 3, c:c + 3] = 1
-        assert torch.equal(attack.masks[k], expected_mask), k
+        assert torch.equal(attack.masks[k], expected_mask), AUTHORS_FILES[k]
         assert torch.allclose(attack.patches[k][:, r, c], torch.tensor(colour, dtype=torch.float32) / 255)
-    out = attack.apply_trigger(torch.zeros(1, 3, 32, 32))
+    trained = attack.apply_train_trigger(torch.zeros(4, 3, 32, 32), torch.arange(4))
+    for k, opacity in enumerate((0.5, 0.5, 0.2, 0.3)):  # REFINE's attack.py: alphas [0.5, 0.5, 0.2, 0.3]
+        r, c = corners[k]
+        assert torch.allclose(trained[k, :, r, c], opacity * torch.tensor(colours[k]) / 255), AUTHORS_FILES[k]
+    out = attack.apply_trigger(torch.zeros(1, 3, 32, 32))  # phoenix + badnet, at full opacity
     assert torch.allclose(out[0], attack.patches[0] + attack.patches[1])
 
 
-def test_adaptive_trigger_dir_with_three_images_is_refused(tmp_path):
-    write_patch_folder(tmp_path / "three", 3)
-    with pytest.raises(UserError, match="exactly 4 images, found 3"):
-        AdaptivePatch(trigger_dir=tmp_path / "three")
+def test_adaptive_trigger_dir_takes_the_pictures_of_the_image_size_and_ignores_others(tmp_path):
+    folder = tmp_path / "two"  # REFINE's adaptive_triggers/ holds each picture at 32 and 224 pixels
+    colours, corners = write_patch_folder(folder, AUTHORS_FILES, size=64, suffix="_64")
+    write_patch_folder(folder, AUTHORS_FILES[::-1], size=32)
+    write_patch_folder(folder, ["phoenix_corner2", "mask_badnet_patch4"], size=64, suffix="_64")  # backdoor-toolbox
+    (folder / "notes.txt").write_text("not an image")
+    attack = AdaptivePatch(trigger_dir=folder, image_size=64)
+    for k, (colour, (r, c)) in enumerate(zip(colours, corners)):
+        assert int(attack.masks[k].sum()) == 9 and attack.masks[k][r:r + 3, c:c + 3].all(), AUTHORS_FILES[k]
+        assert torch.allclose(attack.patches[k][:, r, c], torch.tensor(colour, dtype=torch.float32) / 255)
+    with pytest.raises(UserError, match="2 phoenix_corner pictures .*none for 48×48"):
+        AdaptivePatch(trigger_dir=folder, image_size=48)
+
+
+@pytest.mark.parametrize("names", [AUTHORS_FILES[:3], ("0", "1", "2", "3")], ids=["three", "other-names"])
+def test_adaptive_trigger_dir_without_the_authors_names_is_refused(tmp_path, names):
+    write_patch_folder(tmp_path / "pictures", names, suffix="")
+    missing = "trojan_square" if names == AUTHORS_FILES[:3] else "phoenix_corner"
+    with pytest.raises(UserError, match=f"no {missing} picture in .*--trigger-dir takes the authors' four pictures "
+                                        "by name: phoenix_corner, badnet_patch4, firefox_corner, trojan_square"):
+        AdaptivePatch(trigger_dir=tmp_path / "pictures")
 
 
 # -- 8. saved triggers ---------------------------------------------------------------------------------------

@@ -79,13 +79,13 @@ def test_refine_never_resumes_a_unet_trained_against_another_model(data, tmp_pat
     assert "holds a finished run with other settings (model_path.sha256" in err, err
     assert snapshot(run_a) == finished
 
-    # an unfinished run (it diverged in epoch 1) is not resumed with another model either
-    code, _, err = run_main("refine", refine(data, out, a, "--run-name", "stopped", "--preset", "paper",
-                                             "--lr", "1e30", "--batch-size", "8"), capsys)
+    # an unfinished run (it diverged in epoch 2) is not resumed with another model either
+    diverging = ("--preset", "paper", "--epochs", "2", "--lr", "0.01", "--schedule", "multistep", "--milestones", "1",
+                 "--decay", "1e30", "--batch-size", "8")
+    code, _, err = run_main("refine", refine(data, out, a, "--run-name", "stopped", *diverging), capsys)
     assert code == 2 and "training diverged" in err, err
     stopped = snapshot(parent / "stopped")
-    code, _, err = run_main("refine", refine(data, out, b, "--run-name", "stopped", "--preset", "paper",
-                                             "--lr", "1e30", "--batch-size", "8"), capsys)
+    code, _, err = run_main("refine", refine(data, out, b, "--run-name", "stopped", *diverging), capsys)
     assert code == 2 and "holds an unfinished run with other settings (model_path.sha256" in err, err
     assert snapshot(parent / "stopped") == stopped
 

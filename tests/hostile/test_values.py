@@ -57,9 +57,10 @@ BATTERY = [
     ("attack", ["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     ("attack", ["--epochs", "-3"], "--epochs must be an integer >= 1, got -3"),
     ("attack", ["--epochs", "0"], "--epochs must be an integer >= 1"),
-    ("attack", ["--lr", "0"], "--lr must be a number > 0"),
-    ("attack", ["--lr", "nan"], "--lr must be a number > 0, got nan"),
-    ("attack", ["--lr", "inf"], "--lr must be a number > 0, got inf"),
+    ("attack", ["--lr", "0"], "--lr must be a number > 0 (at most 1e6)"),
+    ("attack", ["--lr", "nan"], "--lr must be a number > 0 (at most 1e6), got nan"),
+    ("attack", ["--lr", "inf"], "--lr must be a number > 0 (at most 1e6), got inf"),
+    ("attack", ["--lr", "1e308"], "--lr must be a number > 0 (at most 1e6), got 1e+308"),
     ("attack", ["--width", "0"], "--width must be an integer in [1, 512], got 0"),
     ("attack", ["--model", "ViT", "--width", "6"], "--width must be a multiple of 4 for ViT"),
     ("attack", ["--tlabel", "12"], "--y-target must be an integer in [0, 9], got 12"),
@@ -96,14 +97,14 @@ BATTERY = [
     ("refine", ["--data-fraction", "0"], "--data-fraction must be a number in (0, 1], got 0"),
     ("refine", ["--data-fraction", "1.5"], "--data-fraction must be a number in (0, 1], got 1.5"),
     ("refine", ["--tlabel", "10"], "--y-target must be an integer in [0, 9], got 10"),
-    ("refine", ["--lr", "-1"], "--lr must be a number > 0, got -1"),
+    ("refine", ["--lr", "-1"], "--lr must be a number > 0 (at most 1e6), got -1"),
     ("refine", ["--eval-every", "0"], "--eval-every must be an integer >= 1"),
     ("refine", ["--model-path", "/missing.pth"], "--model-path must be an existing file, got '/missing.pth'"),
     ("refine", ["--decay", "0"], "--gamma must be a number > 0"),
     ("refine", ["--test-size", "5"], "--test-size must be an integer >= 10, got 5"),
     ("refine", ["--run-name", "../elsewhere"], "--run-name must be a plain name"),
     ("refine", ["--trigger", "/missing.pth"], "--trigger must be an existing file"),
-    ("refine", lambda w: ["--config", bad_yaml(w, "lr", "lr: fast\n")], "--lr must be a number > 0, got 'fast'"),
+    ("refine", lambda w: ["--config", bad_yaml(w, "lr", "lr: fast\n")], "--lr must be a number > 0 (at most 1e6), got 'fast'"),
     ("refine", lambda w: ["--config", bad_yaml(w, "lam", "lam: [0.1]\n")], "--lam must be a number >= 0"),
 ]
 
@@ -192,3 +193,4 @@ def test_a_diverging_refine_stops_and_keeps_its_last_good_epoch(world, tmp_path,
     assert not (run / "defended_model.pth").exists() and not (run.parent / "latest").exists()
     assert torch.load(run / "state" / "train_state.pth", weights_only=True)["epoch"] == 1
     assert "final" not in json.loads((run / "metrics.json").read_text())
+
