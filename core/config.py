@@ -42,9 +42,10 @@ def resolve(task: str, defaults: dict, args: argparse.Namespace) -> dict:
     """Merges the layers, each over the ones before: built-in defaults < preset < --config FILE < flags. ``args``
     holds only the flags the user typed (argparse.SUPPRESS defaults).
 
-    A layer may hold per-dataset sections (``CIFAR10: {...}``), per-defense sections (``BTI-DBF-P: {...}``,
-    in the presets of defend.py) and per-attack sections (``WaNet: {...}``, for an attack that needs its own
-    recipe), applied in that order after its common keys, and an ``embedded_sample:`` section applied last, in
+    A layer may hold per-dataset sections (``CIFAR10: {...}``), per-model sections (``VGG16: {lr: 0.01}``),
+    per-defense sections (``BTI-DBF-P: {...}``, in the presets of defend.py) and per-attack sections (``WaNet:
+    {...}``, for an attack that needs its own recipe), applied in that order after its common keys (a section may
+    nest sections: ``ImageNet50: {LC: {...}}``), and an ``embedded_sample:`` section applied last, in
     that layer's place, when the run will use the embedded CIFAR-10 sample (so a --config file still beats the
     preset's section). Values are not checked here: :func:`core.jobs.validate_job` checks the merged result
     against the settings' declarations, whichever layer set them.
@@ -79,19 +80,10 @@ def _merge(layers: list[dict], defaults: dict, given: dict, with_sample: bool) -
     embedded_sample section too, in that layer's place. Returns the config and the sections' notes."""
     config, notes = dict(defaults), []
     for layer in layers:
-        sections = {k: v for k, v in layer.items() if isinstance(v, dict)}
-        flat = {k: v for k, v in layer.items() if not isinstance(v, dict)}
-        for key in [k for k in sections if k in SECTIONS]:  # a run's config.yaml (nested by section) replayed
-            flat.update(sections.pop(key))
-        _check_sections(sections)
-        name = given.get("dataset", flat.get("dataset", config.get("dataset")))
-        attack = canonical_name(given.get("attack", flat.get("attack", config.get("attack"))))
-        defense = given.get("defense", flat.get("defense", config.get("defense")))
-        for source in (flat, sections.get(name, {}) if isinstance(name, str) else {},
-                       sections.get(defense, {}) if isinstance(defense, str) else {},
-                       sections.get(attack, {}) if attack else {}):
-            _check_known(source, defaults)
-            config.update(source)
+        layer = dict(layer)
+        for key in [k for k, v in layer.items() if k in SECTIONS and isinstance(v, dict)]:
+            layer.update(layer.pop(key))  # a run's config.yaml (nested by section) replayed
+        _apply(layer, config, defaults, given)
         section = layer.get(EMBEDDED_SECTION)
         if with_sample and isinstance(section, dict):
             section = dict(section)
@@ -101,17 +93,37 @@ def _merge(layers: list[dict], defaults: dict, given: dict, with_sample: bool) -
     return config, notes
 
 
+def _apply(block: dict, config: dict, defaults: dict, given: dict) -> None:
+    """``block``'s plain keys over ``config``, then its sections that match this run, in the order data set,
+    model, defense, attack - each applied the same way, so that a section may hold sections of its own
+    (``ImageNet50: {LC: {poisoned_rate: 1.0}}``: LC's rate on ImageNet-50 only)."""
+    sections = {k: v for k, v in block.items() if isinstance(v, dict) and k != EMBEDDED_SECTION}
+    flat = {k: v for k, v in block.items() if not isinstance(v, dict)}
+    _check_sections(sections)
+    _check_known(flat, defaults)
+    config.update(flat)
+    current = {**config, **given}
+    for name in (current.get("dataset"), current.get("model"), current.get("defense"),
+                 canonical_name(current.get("attack"))):
+        if isinstance(name, str) and name in sections:
+            _apply(sections[name], config, defaults, given)
+
+
 def _check_sections(sections: dict) -> None:
     """A section must name a data set, an attack or a defense (or be the embedded_sample section): a misspelt
     one would be ignored without a word."""
     from .attacks import ATTACKS
     from .defenses import DEFENSES
 
-    known = {*DATASETS, EMBEDDED_SECTION, *ATTACKS.names(), *ATTACKS.aliases, *DEFENSES.names(), *DEFENSES.aliases}
+    from .models import MODELS
+
+    models = {name for _, name in MODELS}
+    known = {*DATASETS, *models, EMBEDDED_SECTION, *ATTACKS.names(), *ATTACKS.aliases, *DEFENSES.names(),
+             *DEFENSES.aliases}
     unknown = sorted(map(str, set(sections) - known))
     if unknown:
         raise UserError(f"unknown section(s) in config: {', '.join(unknown)}; a section is named after a data set "
-                        f"({', '.join(DATASETS)}), an attack or a defense, or is embedded_sample")
+                        f"({', '.join(DATASETS)}), a model, an attack or a defense, or is embedded_sample")
 
 
 def _check_known(source: dict, defaults: dict) -> None:

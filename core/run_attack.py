@@ -83,6 +83,16 @@ def attack_settings(config: dict) -> dict:
     return config
 
 
+def start_from(model, reference, path) -> None:
+    """Copies the reference classifier's network weights (BatchNorm statistics included) into ``model``'s; its
+    normalization stays ``model``'s own. Another width or architecture is a UserError naming ``path``."""
+    try:
+        model.net.load_state_dict(reference.net.state_dict())
+    except RuntimeError as exc:
+        raise UserError(f"the model cannot start from {path}: its weights do not fit this "
+                        f"{model.spec['model']} of width {model.spec['width']} ({str(exc).splitlines()[0]})") from None
+
+
 class AttackJob(Job):
     """Trains a (backdoored or benign) classifier as ``config`` says (see :func:`attack_job_settings`)."""
 
@@ -108,6 +118,9 @@ class AttackJob(Job):
         torch.manual_seed(config["seed"])
         self.model = build_classifier(config["model"], config["dataset"], num_classes, config["width"],
                                       config["normalization"], config["mean"], config["std"])
+        if cls.reference_attack and attack.starts_from_reference:  # a setting of the attack: in the run hash
+            start_from(self.model, reference, config[cls.reference_setting])
+            self.notes.append(f"{cls.name}'s model starts from the weights of the reference model")
         self.train, self.test = load_data(config, self.notes.append, self.deferred_writes)
         attack.plan(self.train.labels)  # an impossible plan (rate too high for the candidates) is refused now
         self.config = config

@@ -92,6 +92,9 @@ class Attack:
     # of the attack whose latest run provides it, and the setting that names such a model file instead.
     reference_attack: str | None = None
     reference_setting: str | None = None
+    # True (a class attribute, or a property of the settings): the attack's model starts from the reference
+    # model's network weights instead of a fresh initialization (LC's lc_init, as the authors' code does)
+    starts_from_reference = False
     poisons_data = True
     default_poisoned_rate = 0.1
     takes_trigger_file = False  # --trigger FILE means something to this attack

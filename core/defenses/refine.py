@@ -31,7 +31,7 @@ from ..settings import Setting, defaults
 from ..train import EpochState, autocast, fit, lr_factor, make_optimizer, training_recipe
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .losses import remapped_loss, supcon_loss
-from .parts import DeployedModel
+from .parts import DeployedModel, Purifier, register_part
 from .remap import LabelRemap, random_derangement
 
 # REFINE's method: everything but the training recipe. Defaults: the paper's (Section 5.1, Appendix C) where it
@@ -39,8 +39,12 @@ from .remap import LabelRemap, random_derangement
 METHOD = {
     "unet_channels": Setting(64, "first-layer width of the UNet T (the paper: 64 on CIFAR-10, 32 on ImageNet-50; "
                                  "at most 512)", integer(1, 512), aliases=("--unet_channels",)),
-    "loss": Setting("ce", "classification loss: ce (the paper's formula) or bce (the authors' code)",
-                    choice(("ce", "bce"))),
+    "loss": Setting("bce", "classification loss: bce (the authors' code: BCE between the remapped softmax and the "
+                           "one-hot pseudo-label) or ce (the paper's Eq. 6)", choice(("bce", "ce"))),
+    "unet_input": Setting("normalized", "normalized: T reads the image in the classifier's normalized space and its "
+                                        "[0, 1] output goes to F's network un-normalized (the authors' code); "
+                                        "pixels: T maps [0, 1] images to [0, 1] images, which F normalizes as any "
+                                        "input (ours)", choice(("normalized", "pixels"))),
     "lam": Setting(0.1, "weight λ of the supervised contrastive loss (0: the ablation 'w/o SCL')", number(0),
                    aliases=("--sup",), switches=(("--no-supcon", 0.0),)),
     "temperature": Setting(0.07, "SupCon temperature", number(0, lo_open=True)),
@@ -58,6 +62,27 @@ METHOD = {
 # 100 and 130) and its augmentation of the unlabeled images (resized crop + flip + grayscale).
 RECIPE = training_recipe(epochs=150, batch_size=256, lr=0.01, gamma=0.8, augment="refine")
 
+@register_part
+class NormalizedInputUNet(Purifier):
+    """REFINE's T wired as in the authors' code (``unet_input: normalized``): the UNet reads the image normalized
+    with the classifier's (``mean``, ``std``), and its output, clamped to [0, 1], is what F's network receives,
+    without normalization - F then only ever sees the box [0, 1] of its normalized input space. As a part of
+    [0, 1] images N×C×H×W: x -> mean + std · unet(normalize(x)), which F's own normalization maps back to exactly
+    unet(normalize(x)). Without a normalization (mean and std None) it is the plain UNet."""
+
+    part_name = "unet-normalized-input"
+
+    def __init__(self, channels: int = 64, mean=None, std=None, unet: UNet | None = None):
+        super().__init__(unet if unet is not None else UNet(channels), mean, std)
+
+    def network_input(self, transformed: torch.Tensor) -> torch.Tensor:
+        """What F's network receives for this part's output: the UNet's own [0, 1] output."""
+        return self.normalize(transformed)
+
+    def part_spec(self) -> dict:
+        return {"channels": self.unet.channels, **self.normalization}
+
+
 class REFINE:
     """The defense, usable from Python in the style of BackdoorBox::
 
@@ -67,9 +92,11 @@ class REFINE:
         metrics = defense.test(benign_test, poisoned_test)
 
     ``unet``: the input transform T, trained in place (a :class:`UNet`; T-MR passes a universal perturbation).
-    ``model``: F, copied and frozen (the caller's module is not modified). ``method``: the settings of
-    :data:`METHOD` but ``unet_channels`` and ``pseudo_labels`` (``loss``, ``lam``, ``temperature``, ``remap``,
-    ``supcon_views``, ``pseudo_fp32``), each defaulting to its declaration.
+    With ``unet_input='normalized'`` (the authors' code) a UNet is wrapped in :class:`NormalizedInputUNet` with
+    F's normalization; other transforms must use ``'pixels'``. ``model``: F, copied and frozen (the caller's module
+    is not modified). ``method``: the settings of :data:`METHOD` but ``unet_channels`` and ``pseudo_labels``
+    (``loss``, ``unet_input``, ``lam``, ``temperature``, ``remap``, ``supcon_views``, ``pseudo_fp32``), each
+    defaulting to its declaration.
     """
 
     def __init__(self, unet: nn.Module, model: Classifier, num_classes: int, seed: int = 0, device="cpu",
@@ -82,6 +109,12 @@ class REFINE:
         supcon_views, pseudo_fp32 = method["supcon_views"], method["pseudo_fp32"]
         if loss not in ("ce", "bce"):
             raise UserError(f"unknown loss {loss!r}; choose ce or bce")
+        if method["unet_input"] == "normalized":
+            if not isinstance(unet, UNet):
+                raise TypeError(f"unet_input='normalized' wraps a UNet, not a {type(unet).__name__}; pass "
+                                f"unet_input='pixels'")
+            spec = getattr(model, "spec", {})  # a bare network (no Classifier) has no normalization to undo
+            unet = NormalizedInputUNet(unet=unet, mean=spec.get("mean"), std=spec.get("std"))
         self.device = torch.device(device)
         self.layout = memory_format(self.device)
         self.unet = unet.to(self.device).to(memory_format=self.layout)
@@ -136,12 +169,14 @@ class REFINE:
                 pseudo = model(x).argmax(1)  # ȳ: the defender never sees true labels
         transformed = unet(x)
         remapped = self.remap(model(transformed))
+        # SupCon on T's own output: the [0, 1] images F's network receives when T works in normalized space
+        features = self.unet.network_input(transformed) if hasattr(self.unet, "network_input") else transformed
         with torch.autocast(self.device.type, enabled=False):  # fp32 losses (BCE refuses autocast)
             cls = remapped_loss(remapped, pseudo, self.loss)
             total = cls
             parts = {"cls": cls.detach()}
             if self.lam > 0:
-                con = supcon_loss(transformed, pseudo, self.temperature, self.supcon_views)
+                con = supcon_loss(features, pseudo, self.temperature, self.supcon_views)
                 total = total + self.lam * con
                 parts["supcon"] = con.detach()
         parts["agree"] = (remapped.argmax(1) == pseudo).float().mean().detach()
@@ -218,7 +253,8 @@ class RefineDefense(Defense):
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         torch.manual_seed(ctx.seed)  # T's initial weights
-        method = {k: self.values[k] for k in METHOD if k not in ("unet_channels", "pseudo_labels")}
+        method = {k: self.values[k] for k in METHOD if k in self.values and k not in ("unet_channels", "pseudo_labels")}
+        method.setdefault("unet_input", "pixels")  # a defense without the setting (T-MR) transforms pixels
         refine = REFINE(self.transform(data), model, model.spec["num_classes"], seed=ctx.seed, device=ctx.device,
                         amp=ctx.amp, **method)
         ctx.log(f"label mapping (class j -> position): {refine.remap.permutation.tolist()}")

@@ -19,7 +19,8 @@ class TMR(RefineDefense):
     summary = "REFINE with a universal additive perturbation instead of the UNet (paper Appendix D.6)"
     preset_task = "defense"
     output_root, own_folder = "defense_res", True
-    settings = {k: v for k, v in RefineDefense.settings.items() if k != "unet_channels"}
+    # no UNet: its width and input space are not T-MR's settings (the perturbation is added to the [0, 1] image)
+    settings = {k: v for k, v in RefineDefense.settings.items() if k not in ("unet_channels", "unet_input")}
 
     def transform(self, data: Split) -> nn.Module:
         _, channels, height, width = data.images.shape

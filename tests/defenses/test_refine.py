@@ -190,7 +190,7 @@ def test_given_pseudo_labels_are_the_ones_trained_on():
     with torch.no_grad():
         assert torch.equal(clean, model(x).argmax(1))
         wrong = (clean + 1) % 4  # labels F did not give: the loss must be computed against them
-        expected = remapped_loss(defense.remap(model(defense.unet(x))), wrong, "ce")
+        expected = remapped_loss(defense.remap(model(defense.unet(x))), wrong, defense.loss)
         loss, parts = defense.losses(x, wrong)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -235,7 +235,8 @@ def test_pseudo_label_mode_decides_which_view_labels_each_batch(monkeypatch, mod
         with torch.no_grad():
             assert (defense.model(x).argmax(1) == 1).all(), "the step trains on the augmented (inverted) view"
             remapped = defense.remap(defense.model(defense.unet(x)))  # T in training mode: the same batch statistics
-            against = {label: remapped_loss(remapped, torch.full((len(x),), label), "ce").item() for label in (0, 1)}
+            against = {label: remapped_loss(remapped, torch.full((len(x),), label), defense.loss).item()
+                       for label in (0, 1)}
         assert against[0] != pytest.approx(against[1], rel=1e-3)
         checked.append(loss.item() == pytest.approx(against[0 if mode == "clean" else 1], rel=1e-5))
         return loss, parts
@@ -255,7 +256,7 @@ def test_unknown_pseudo_label_mode_is_refused():
 def _refine_run(images, state_path, epochs, init_seed, fingerprint, evaluate=None):
     torch.manual_seed(init_seed)
     unet = UNet(4)  # built before _tiny_classifier reseeds: init_seed decides T's starting weights
-    defense = REFINE(unet, _tiny_classifier(), num_classes=4, seed=0)
+    defense = REFINE(unet, _tiny_classifier(), num_classes=4, seed=0, unet_input="pixels")  # T is the UNet itself
     defense.train(images, epochs=epochs, batch_size=16, lr=1e-3, optimizer="Adam", schedule="constant",
                   state_path=state_path, fingerprint=fingerprint, evaluate=evaluate, eval_every=1, log=lambda m: None)
     return defense.unet
@@ -328,3 +329,30 @@ def test_no_remap_is_the_identity_mapping_and_remap_a_derangement():
     assert torch.equal(off.remap.permutation, torch.arange(10))  # the ablation 'w/o HRF'
     on = REFINE(UNet(4), model, 10, seed=3)
     assert (on.remap.permutation != torch.arange(10)).all()
+
+
+@pytest.mark.parametrize("unet_input", ["normalized", "pixels"])
+def test_unet_input_decides_what_t_reads_and_what_fs_network_receives(tmp_path, unet_input):
+    from core.defenses.parts import load_deployed, save_deployed
+    from core.models import build_classifier
+
+    torch.manual_seed(0)
+    classifier = build_classifier("ResNet18", "CIFAR10", 4, width=4, normalization="backdoorbox")
+    received = []
+    classifier.net.register_forward_pre_hook(lambda module, args: received.append(args[0].detach()))
+    defense = REFINE(UNet(4), classifier, num_classes=4, seed=0, unet_input=unet_input)
+    deployed = defense.defended_model().eval()
+    inner = defense.unet.unet if unet_input == "normalized" else defense.unet  # the UNet itself
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        logits = deployed(x)
+        if unet_input == "normalized":  # the authors' code: net(clamp(unet(normalize(x)), 0, 1))
+            expected = inner(classifier.normalize(x))
+        else:  # ours: net(normalize(unet(x)))
+            expected = classifier.normalize(inner(x))
+    assert torch.allclose(received[-1], expected, atol=1e-5)
+    assert 0 <= received[-1].min() and received[-1].max() <= 1 or unet_input == "pixels"
+    save_deployed(tmp_path / "d.pth", deployed)  # the part is saved and rebuilt like every other
+    reloaded, _ = load_deployed(tmp_path / "d.pth")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), logits, atol=1e-5)
