@@ -175,7 +175,10 @@ def test_attack_poisons_224_pixel_images(name, data, tmp_path):
         assert len(payload) == round(RATE * N / CLASSES) > 0 and (data.labels[payload] == TARGET).all()
         assert torch.equal(poisoned.labels, data.labels)
         diff = poisoned.images[payload].int() - data.images[payload].int()
-        assert diff[:, :, :-PATCH].abs().max() <= attack.lc_eps  # PGD within ε, really there, above the patch
+        # PGD within ε, really there, above the patch; the default floor quantization (the authors' truncation) may
+        # end one level below x - ε, whose float32 value times 255 can fall just short of the grid point
+        below = attack.lc_eps + (attack.lc_quantize == "floor")
+        assert -below <= diff[:, :, :-PATCH].min() and diff[:, :, :-PATCH].max() <= attack.lc_eps
         assert (diff[:, :, :-PATCH] != 0).flatten(1).any(1).all()
     else:
         assert len(payload) == round(RATE * N) and (poisoned.labels[payload] == TARGET).all()

@@ -9,17 +9,19 @@ import pytest
 import torch
 
 import core.attacks.label_consistent as lc_module
+import core.attacks.physical as physical_module
 from core.attacks import (ATTACKS, BATT, AdaptivePatch, BadNets, LabelConsistent, PhysicalBA, WaNet, build_attack,
                           canonical_name, restore_attack)
 from core.attacks.base import CLEAN, COVER, PAYLOAD
 from core.augment import affine
 from core.errors import UserError
+from core.settings import check_value
 
 POISONING = [name for name in ATTACKS if name not in ("Benign", "LC")]  # LC needs a clean model: tested apart
 SEEDED_TRIGGER = {"BadNets", "Blended", "WaNet", "Physical", "Adaptive"}
 # Every attack except Benign, each with non-default settings so that restoring must carry them over too.
 RESTORABLE = [("BadNets", {}), ("Blended", {"alpha": 0.2}), ("WaNet", {"wanet_s": 0.7, "wanet_k": 4}),
-              ("Physical", {}), ("BATT", {"batt_angle": -20.0}), ("LC", {}),
+              ("Physical", {"physical_affine": "bilinear"}), ("BATT", {"batt_angle": -20.0}), ("LC", {}),
               ("Adaptive", {"patch_opacity": (0.4, 0.6, 0.3, 0.1)})]
 
 
@@ -193,6 +195,65 @@ def test_physical_transformations_touch_every_training_sample():
     assert torch.equal(out, again)  # the same for any roles; the draws come from the generator only
 
 
+def _physical_affine_calls(monkeypatch, mode, n=400, seed=0):
+    """(output, the arguments physical_transform passed to affine) for ``n`` two-tone 32-px images."""
+    calls = []
+
+    def spy(x, degrees, scale=None, translate=None, mode="bilinear"):
+        calls.append({"degrees": degrees, "scale": scale, "translate": translate, "mode": mode})
+        return affine(x, degrees, scale, translate, mode)
+
+    monkeypatch.setattr(physical_module, "affine", spy)
+    tones = torch.where(random_float_images(n, seed=seed) < 0.5, 0.25, 0.75)
+    out = PhysicalBA(seed=0, physical_affine=mode).train_hook(tones, torch.zeros(n, dtype=torch.uint8),
+                                                                generator=torch.Generator().manual_seed(seed))
+    assert len(calls) == 1
+    return out, calls[0]
+
+
+def test_physical_affine_nearest_is_torchvision_random_affine_and_bilinear_the_former_transform(monkeypatch):
+    assert PhysicalBA.settings["physical_affine"].default == "nearest" and PhysicalBA.version == 2
+    near, near_call = _physical_affine_calls(monkeypatch, "nearest")
+    smooth, smooth_call = _physical_affine_calls(monkeypatch, "bilinear")
+    assert near_call["mode"] == "nearest" and smooth_call["mode"] == "bilinear"
+    # nearest: shifts of whole pixels, int(round(U(-3.2, 3.2))) on 32 px, every value -3..3 drawn
+    pixels = near_call["translate"] * 32
+    assert torch.equal(pixels, pixels.round()) and set(pixels.flatten().tolist()) == set(range(-3, 4))
+    # bilinear: continuous shifts in ±0.1 of the side (hardly any draw is a whole pixel)
+    smooth_pixels = smooth_call["translate"] * 32
+    assert smooth_pixels.abs().max() <= 3.2 and (smooth_pixels != smooth_pixels.round()).float().mean() > 0.99
+    # the same random numbers in the same order: the nearest shift is the rounded continuous one
+    assert torch.equal(near_call["translate"] * 32, torch.round(smooth_call["translate"] * 32))
+    assert torch.equal(near_call["degrees"], smooth_call["degrees"])
+    assert torch.equal(near_call["scale"], smooth_call["scale"])
+    # nearest resampling makes no new colours: each two-tone image (after its brightness factor b) holds only
+    # 0.25·b, 0.75·b and the black fill; bilinear blends them into many
+    for i in range(len(near)):
+        values = near[i].unique()
+        assert len(values) <= 3 and values.min() == 0, i
+        assert torch.allclose(values[-1], 3 * values[-2], rtol=1e-5), i
+    assert min(len(smooth[i].unique()) for i in range(len(smooth))) > 20
+
+
+def test_nearest_affine_with_a_whole_pixel_shift_moves_the_image_exactly():
+    # torchvision's tensor affine uses the same pixel-centre grid: an integer shift with no turn or scale is an
+    # exact roll with the uncovered rows and columns black
+    x = random_float_images(2, size=32, seed=3)
+    shift = torch.tensor([[3 / 32, -2 / 32], [-1 / 32, 1 / 32]])  # (right, down) in pixels: (3, -2) and (-1, 1)
+    out = affine(x, 0.0, torch.ones(2), shift, mode="nearest")
+    expected = torch.zeros_like(x)
+    expected[0, :, :30, 3:] = x[0, :, 2:, :29]
+    expected[1, :, 1:, :31] = x[1, :, :31, 1:]
+    assert torch.equal(out, expected)
+
+
+def test_physical_affine_mode_is_checked():
+    with pytest.raises(ValueError, match="nearest, bilinear"):
+        physical_module.physical_transform(random_float_images(2), mode="bicubic")
+    with pytest.raises(UserError, match="--physical-affine"):
+        check_value("physical_affine", PhysicalBA.settings["physical_affine"], "bicubic")
+
+
 def test_physical_test_trigger_is_the_badnets_trigger(synthetic):
     data = synthetic(40)
     physical, badnets = PhysicalBA(seed=7, y_target=3), BadNets(seed=7, y_target=3)
@@ -293,13 +354,15 @@ def test_batt_trigger_reaches_the_model_after_the_flip(synthetic):
 
 # -- 6. Label-Consistent ----------------------------------------------------------------------------------
 
-def test_label_consistent_poisons_target_class_only_within_budget_and_caches(synthetic, tmp_path, monkeypatch):
+@pytest.mark.parametrize("quantize", ["floor", "round"])
+def test_label_consistent_poisons_target_class_only_within_budget_and_caches(synthetic, tmp_path, monkeypatch,
+                                                                             quantize):
     data = synthetic(48, num_classes=3)  # 3 classes of 16: the target class is not a quarter of the set
     target = (data.labels == 1).nonzero().flatten()
     # 3 steps of 4/255 overshoot ε = 8/255, so the projection onto the ε-ball is exercised (the default 1.5/255
     # step would stay inside it after 3 steps)
-    attack = LabelConsistent(y_target=1, seed=0, lc_steps=3, lc_step=4.0, clean_model=tiny_model(),
-                             cache_dir=tmp_path)
+    attack = LabelConsistent(y_target=1, seed=0, lc_steps=3, lc_step=4.0, lc_quantize=quantize,
+                             clean_model=tiny_model(), cache_dir=tmp_path)
     poisoned, plan = attack.poison_train(data)
     payload = plan.payload
     assert set(payload.tolist()) <= set(target.tolist())
@@ -312,7 +375,9 @@ def test_label_consistent_poisons_target_class_only_within_budget_and_caches(syn
     diff = (poisoned.images[payload].int() - data.images[payload].int())
     body = torch.ones(32, 32, dtype=torch.bool)
     body[-3:, -3:] = False
-    assert diff[:, :, body].abs().max() == 8
+    # (rounding stays on the ball's bounds; floor, the authors' truncation, may end one level below x - ε, whose
+    # float32 value times 255 can fall just short of the grid point)
+    assert diff[:, :, body].max() == 8 and diff[:, :, body].min() in ((-8, -9) if quantize == "floor" else (-8,))
     assert (diff[:, :, body] != 0).flatten(1).any(1).all()
     # ...and the BadNets trigger of the same seed in the bottom-right corner
     square = (BadNets(seed=0).pattern[0, -3:, -3:] * 255).round().byte()
@@ -324,12 +389,12 @@ def test_label_consistent_poisons_target_class_only_within_budget_and_caches(syn
         raise AssertionError("PGD ran again instead of reading the cache")
 
     monkeypatch.setattr(lc_module, "pgd_hard_to_learn", no_pgd)
-    again = LabelConsistent(y_target=1, seed=0, lc_steps=3, lc_step=4.0, clean_model=tiny_model(),
+    again = LabelConsistent(y_target=1, seed=0, lc_steps=3, lc_step=4.0, lc_quantize=quantize, clean_model=tiny_model(),
                             cache_dir=tmp_path)
     poisoned2, plan2 = again.poison_train(data)
     assert torch.equal(poisoned2.images, poisoned.images) and torch.equal(plan2.payload, payload)
     # a different PGD setting is a different cache entry: PGD must run (and here, fail)
-    other = LabelConsistent(y_target=1, seed=0, lc_steps=4, lc_step=4.0, clean_model=tiny_model(),
+    other = LabelConsistent(y_target=1, seed=0, lc_steps=4, lc_step=4.0, lc_quantize=quantize, clean_model=tiny_model(),
                             cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="PGD ran again"):
         other.poison_train(data)
