@@ -42,5 +42,8 @@ def remapped_loss(remapped_logits: torch.Tensor, pseudo_labels: torch.Tensor, ki
     if kind == "bce":
         probs = remapped_logits.float().softmax(1)
         target = F.one_hot(pseudo_labels, probs.shape[1]).float()
-        return F.binary_cross_entropy(probs, target)
+        # nn.BCELoss's value (each log clamped at -100) written out: F.binary_cross_entropy raises on NaN inputs,
+        # where a diverging run must yield a NaN loss for the training loop's guard to stop it with one line
+        log_p, log_not_p = probs.log().clamp(min=-100), (1 - probs).log().clamp(min=-100)
+        return -(target * log_p + (1 - target) * log_not_p).mean()
     raise ValueError(f"unknown loss {kind!r}; choose ce or bce")

@@ -356,3 +356,12 @@ def test_unet_input_decides_what_t_reads_and_what_fs_network_receives(tmp_path, 
     reloaded, _ = load_deployed(tmp_path / "d.pth")
     with torch.no_grad():
         assert torch.allclose(reloaded(x), logits, atol=1e-5)
+
+
+def test_bce_equals_torchs_bce_loss_and_a_diverged_batch_gives_nan_not_an_error():
+    logits = torch.randn(16, 5) * 40  # saturated probabilities: the -100 clamp of log matters
+    y = torch.randint(0, 5, (16,))
+    expected = torch.nn.BCELoss()(logits.softmax(1), torch.nn.functional.one_hot(y, 5).float())
+    assert remapped_loss(logits, y, "bce").item() == pytest.approx(expected.item(), rel=1e-5)
+    logits[3, 1] = float("nan")  # what a diverging run feeds it: the loop's guard must see a NaN loss
+    assert torch.isnan(remapped_loss(logits, y, "bce"))
