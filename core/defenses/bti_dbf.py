@@ -33,19 +33,32 @@ to the result of an uninterrupted run.
 
 Deviations from the authors' code (github.com/xuxiong0214/BTIDBF), each for a stated reason:
 
-* The given model is never modified: (U) fine-tunes a deep copy; every other phase runs on a frozen copy.
-  The authors leave the classifier in training mode while the mask is learned, so its BatchNorm running
-  statistics drift on the defender's data and f_b(x) depends on the batch; here it stays in eval mode.
+* The given model is never modified: (U) fine-tunes a deep copy; every other phase runs on a frozen copy, or
+  (the mask, see below) on a deep copy of its own. The authors' detection-only ``btidbf.py`` trains the mask
+  on the classifier itself, in training mode, and so changes its BatchNorm statistics.
 * Identity pre-training: the authors compute ``CE(softmax(f(x)), softmax(f(G(x))))``: probabilities used
   as logits, and the prediction on G(x) (with its gradient) as the target. Here it is the cross-entropy of
   f(G(x))'s logits against the soft target softmax(f(x)) (detached): what the term is meant to be.
 * The target vote runs on the un-augmented images (the authors vote on their augmented training loader).
-* (U): the clean anchor f_b(x) of the feature term is detached (see :func:`unlearning_loss`).
 * The authors' optional early stop of the rounds (``--earlystop``: stop when the vote changes) is left out.
 * (P) follows the authors' ``btidbfp.py`` (P starts as a copy of the identity-pre-trained G; 10 % + 1 of each
   batch replaced by G(x), noise 0.03, loss CE + feature MSE + pixel MSE weighted 100 above 0.05, else 1; G
   trained through P from round 2 on), not the shorter recipe CE(f(P(x)), y) + CE(f(P(G(x))), y) + MSE(P(x), x).
   P is trained in normalized space without the [0, 1] clamp that :class:`Purifier` applies when deployed.
+
+Two choices of the authors' code are settings whose default is theirs, with this toolkit's former behaviour
+(version 1 of the defenses) as the alternative:
+
+* ``mask_model_mode``: "train" (the authors' ``reverse()``): the mask is learned on a deep copy of the model in
+  training mode, so f_b(x) uses batch statistics and the copy's BatchNorm running statistics drift over the
+  defender's images during the mask epochs; that drifted copy, in eval mode, is then the model of the round's
+  inversion (G's features and the target term), while the identity pre-training and the target vote read the
+  model itself (in the detection-only :func:`invert_trigger`, as ``btidbf.py``, the vote reads the drifted
+  copy too). "eval" (ours): the mask and the inversion use the model frozen in eval mode, so that they see the
+  features the deployed model computes and f_b(x) does not depend on the batch.
+* ``unlearn_anchor`` ((U)): "trained" (the authors' ``unlearn()``): the gradient of the feature term flows
+  through the clean features f_b(x) as well as through f_b(x_mix). "detached" (ours): f_b(x) is a fixed anchor
+  (see :func:`unlearning_loss`). In both, both forward passes run in training mode and update BatchNorm.
 """
 from __future__ import annotations
 
@@ -63,7 +76,7 @@ from ..errors import UserError
 from ..models import Classifier, GeneratorUNet
 from ..seeding import derive_seed, generator
 from ..train import RandomStream, Stages, autocast, fit, frozen, make_optimizer, resolve_device
-from ..checks import integer, learning_rate, number
+from ..checks import choice, integer, learning_rate, number
 from ..settings import from_dataclass
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .parts import DeployedModel, Purifier
@@ -87,6 +100,12 @@ class BTIDBFConfig:
     # (1) decoupling benign features
     mask_epochs: int = _declared(20, "epochs of the feature mask (each round)", integer(0))
     mask_lr: float = _declared(0.01, "learning rate of the feature mask", learning_rate())
+    mask_model_mode: str = _declared(
+        "train", "mode of the model the mask is learned on: train (the authors' btidbfu.py/btidbfp.py reverse(): a "
+                 "deep copy in training mode, whose BatchNorm running statistics drift over the defender's images "
+                 "during the mask epochs; that drifted copy, in eval mode, is the model of the round's inversion) or "
+                 "eval (ours, this toolkit's version 1: the model frozen in eval mode, so that the mask and G see "
+                 "the features the deployed model computes)", choice(("train", "eval")))
     # (2) the generators (trigger G and purifier P): UNet width and depth
     generator_channels: int = _declared(32, "first-layer width of the generators G and P (at most 512: wider "
                                             "stages are capped there anyway)", integer(1, 512))
@@ -118,6 +137,11 @@ class BTIDBFConfig:
     unlearn_epochs: int = _declared(30, "(U): unlearning epochs (each round)", integer(0))
     unlearn_lr: float = _declared(1e-4, "(U): unlearning learning rate", learning_rate())
     unlearn_feature_weight: float = _declared(1.0, "(U): weight of MSE(f_b(x_mix), f_b(x))")
+    unlearn_anchor: str = _declared(
+        "trained", "(U): the clean features f_b(x) of MSE(f_b(x_mix), f_b(x)): trained (the authors' btidbfu.py "
+                   "unlearn(): the gradient flows through both feature tensors) or detached (ours, this toolkit's "
+                   "version 1: a fixed anchor, so that the term pulls the features of G(x) to the clean ones and "
+                   "not also the clean features toward the backdoor ones)", choice(("trained", "detached")))
     # (5) BTI-DBF(P)
     purify_epochs: int = _declared(30, "(P): purifier epochs (each round)", integer(0))
     purify_lr: float = _declared(1e-3, "(P): purifier learning rate", learning_rate())
@@ -270,19 +294,45 @@ def decoupling_loss(model: Classifier, mask: torch.Tensor, feats: torch.Tensor, 
     return kept - removed, {"ce_benign": kept.detach(), "ce_complement": removed.detach()}
 
 
+class _Buffers:
+    """A module's buffers (BatchNorm running statistics) as a part of a resumable stage (:class:`Stages`)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict:
+        return {name: b.detach().clone() for name, b in self.module.named_buffers()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, b in self.module.named_buffers():
+                b.copy_(state[name])
+
+
 def decouple_mask(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, seed: int = 0, tag=0,
                   init_logits: torch.Tensor | None = None, amp: bool = True,
                   log: Callable[[str], None] = print, stages: Stages | None = None) -> torch.Tensor:
     """Learns the benign-feature mask m: returns it detached, of f_b's output shape (C×h×w for the CNNs, T×D
     tokens × dimensions for the ViT) with values in [0, 1], on ``model``'s device.
 
-    ``model``: a :class:`Classifier` (any network of :mod:`core.models`), used frozen (eval mode; no change to
-    its weights or BatchNorm statistics; its modes are restored afterwards). ``data``: the defender's labelled
-    benign images (uint8 N×C×H×W, int64 N). ``tag``: distinguishes the random streams of repeated calls
-    (rounds). ``init_logits``: w at the start (default: standard normal, drawn from ``seed`` and ``tag``).
-    Adam (``cfg.mask_lr``) for ``cfg.mask_epochs`` epochs on :func:`decoupling_loss`. ``stages``: the run's
-    resumable state (stage ``round<tag + 1>/mask``).
+    ``model``: a :class:`Classifier` (any network of :mod:`core.models`); never modified (weights, BatchNorm
+    statistics, modes). With ``cfg.mask_model_mode`` "train" (the authors') the mask is learned on a deep copy
+    in training mode (batch statistics; the copy's running statistics drift), with "eval" on ``model`` frozen
+    in eval mode. ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64 N). ``tag``:
+    distinguishes the random streams of repeated calls (rounds). ``init_logits``: w at the start (default:
+    standard normal, drawn from ``seed`` and ``tag``). Adam (``cfg.mask_lr``) for ``cfg.mask_epochs`` epochs on
+    :func:`decoupling_loss`. ``stages``: the run's resumable state (stage ``round<tag + 1>/mask``).
     """
+    return _decouple(model, data, cfg, seed=seed, tag=tag, init_logits=init_logits, amp=amp, log=log,
+                     stages=stages)[0]
+
+
+def _decouple(model: Classifier, data: Split, cfg: BTIDBFConfig | None = None, *, seed: int = 0, tag=0,
+              init_logits: torch.Tensor | None = None, amp: bool = True, log: Callable[[str], None] = print,
+              stages: Stages | None = None) -> tuple[torch.Tensor, Classifier]:
+    """:func:`decouple_mask`, returning (the mask, the model of the round's inversion): with
+    ``cfg.mask_model_mode`` "train" the copy the mask was learned on (its BatchNorm statistics drifted, in eval
+    mode, frozen), as the authors' ``reverse()``; with "eval" ``model`` itself."""
     cfg = cfg or BTIDBFConfig()
     device = _device_of(model)
     data = _on_device(data, device)
@@ -291,18 +341,23 @@ def decouple_mask(model: Classifier, data: Split, cfg: BTIDBFConfig | None = Non
         init_logits = torch.randn(shape, generator=generator(seed, "bti-dbf-mask-init", tag))
     w = nn.Parameter(init_logits.detach().clone().float().to(device))
     opt = _adam([w], cfg.mask_lr)
+    drift = cfg.mask_model_mode == "train"
+    # "train": the authors' deep copy in training mode (fit puts it in training mode every epoch; no weight is
+    # trained, but its BatchNorm layers use batch statistics and update their running ones). "eval": ``model``
+    # stays frozen in eval mode (see the module docstring), so f_b(x) are the features the deployed model computes.
+    net = _frozen_copy(model, device) if drift else model
+    parts = {"logits": nn.ParameterList([w]), "optimizer": opt, **({"buffers": _Buffers(net)} if drift else {})}
 
-    # The authors keep the classifier in training mode here; it stays frozen in eval mode instead (see the
-    # module docstring), so f_b(x) are the features the deployed model computes.
     def step(x, y, mods):
-        with torch.no_grad():
-            feats = features(model, model.normalize(x)).float()  # f_b does not depend on m: no graph needed
-        return decoupling_loss(model, mask_from_logits(w), feats, y)
+        with torch.no_grad():  # f_b does not depend on m: no graph needed (BatchNorm still updates in train mode)
+            feats = features(net, net.normalize(x)).float()
+        return decoupling_loss(net, mask_from_logits(w), feats, y)
 
     _run_epochs(f"decoupling mask ({tag})", cfg.mask_epochs, step, opt, data, cfg, device, seed, ("mask", tag), log,
-                "lower the mask learning rate", amp=amp, frozen=(model,), stages=stages, stage=_stage(tag, "mask"),
-                parts={"logits": nn.ParameterList([w]), "optimizer": opt}, scratch=("optimizer",))
-    return mask_from_logits(w.detach())
+                "lower the mask learning rate", amp=amp, modules={"classifier": net} if drift else None,
+                frozen=() if drift else (net,), stages=stages, stage=_stage(tag, "mask"), parts=parts,
+                scratch=("optimizer",))
+    return mask_from_logits(w.detach()), net
 
 
 # -- (2) the trigger generator ----------------------------------------------------------------------------
@@ -461,33 +516,41 @@ def invert_trigger(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
 
     ``data``: the defender's labelled benign images (uint8 N×C×H×W, int64 N). Returns (G in eval mode on
     ``device``, mask of f_b's output shape (C×h×w; T×D for the ViT) in [0, 1], info ``{'target': int,
-    'votes': int64 tensor (num_classes)}``). ``model`` is not modified.
+    'votes': int64 tensor (num_classes)}``). ``model`` is not modified. With ``cfg.mask_model_mode`` "train" the
+    inversion and the vote read the copy the mask was learned on (its BatchNorm statistics drifted), as the
+    authors' ``btidbf.py`` does with the classifier itself; the pre-training reads the model as given.
     """
     cfg = cfg or BTIDBFConfig()
     device = resolve_device(device)
     frozen_model = _frozen_copy(model, device)
     data = _on_device(data, device)
     log("BTI-DBF: trigger inversion")
-    mask = decouple_mask(frozen_model, data, cfg, seed=seed, tag=0, amp=amp, log=log)
+    mask, inv_model = _decouple(frozen_model, data, cfg, seed=seed, tag=0, amp=amp, log=log)
     gen = build_generator(cfg, seed)
     pretrain_generator(frozen_model, gen, data, cfg, seed=seed, amp=amp, log=log)
-    train_generator(frozen_model, gen, mask, data, cfg, seed=seed, tag=0, amp=amp, log=log)
-    target, votes = _vote(frozen_model, gen, data, cfg, seed, amp, log)
+    train_generator(inv_model, gen, mask, data, cfg, seed=seed, tag=0, amp=amp, log=log)
+    # the authors' btidbf.py votes with the model the mask was learned on (there the classifier itself)
+    target, votes = _vote(inv_model, gen, data, cfg, seed, amp, log)
     return gen, mask, {"target": target, "votes": votes}
 
 
 # -- (4) BTI-DBF(U): unlearning ------------------------------------------------------------------------------
 def unlearning_loss(logits_mix: torch.Tensor, feats_mix: torch.Tensor, feats_clean: torch.Tensor, y: torch.Tensor,
-                    feature_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """CE(f(x_mix), y) + ``feature_weight`` · MSE(f_b(x_mix), f_b(x)), with f_b(x) detached.
+                    feature_weight: float = 1.0, anchor: str = "trained") -> tuple[torch.Tensor, dict]:
+    """CE(f(x_mix), y) + ``feature_weight`` · MSE(f_b(x_mix), f_b(x)).
 
     ``logits_mix``: N×K; ``feats_mix``/``feats_clean``: N×C×h×w (N×T×D for the ViT); ``y``: the true labels,
-    int64 N. f_b(x) is the anchor: the term is meant to pull the features of the inverted poisoned images G(x)
-    to those of their clean sources. With a gradient through f_b(x) too (the authors' code) the clean features
-    are pulled just as much toward those of G(x), i.e. toward the backdoor features the step should remove.
+    int64 N. ``anchor`` (``cfg.unlearn_anchor``): "trained", the authors' code, keeps the gradient through f_b(x)
+    as well; "detached" makes f_b(x) a fixed anchor: the term then only pulls the features of the inverted
+    poisoned images G(x) to those of their clean sources, where with the gradient through f_b(x) the clean
+    features are pulled just as much toward those of G(x), i.e. toward the backdoor features the step should
+    remove.
     """
+    if anchor not in ("trained", "detached"):
+        raise ValueError(f"anchor must be 'trained' or 'detached', got {anchor!r}")
+    clean = feats_clean.detach() if anchor == "detached" else feats_clean
     l_ce = F.cross_entropy(logits_mix.float(), y)
-    l_feat = F.mse_loss(feats_mix.float(), feats_clean.detach().float())
+    l_feat = F.mse_loss(feats_mix.float(), clean.float())
     return l_ce + feature_weight * l_feat, {"ce": l_ce.detach(), "feat": l_feat.detach()}
 
 
@@ -498,18 +561,20 @@ def _unlearn_epochs(model: Classifier, gen: nn.Module, data: Split, cfg: BTIDBFC
     ``round<tag + 1>/unlearn`` of ``stages``."""
     device = _device_of(model)
     mix_gen = generator(seed, "bti-dbf-unlearn-mix", tag, device=device)
+    detached = cfg.unlearn_anchor == "detached"
 
     def step(x, y, mods):
         net = mods["model"]
         xn = net.normalize(x)
         x_mix = _mix(xn, gen, cfg, mix_gen)
-        # the anchor: same model and (training) mode as the mixed batch, so the unmixed rows match up to
-        # BatchNorm's batch statistics; no gradient (see unlearning_loss)
-        with torch.no_grad():
-            anchor = features(net, xn)
+        # the clean features f_b(x): same model and (training) mode as the mixed batch, so the unmixed rows match
+        # up to BatchNorm's batch statistics; both forward passes update the running statistics, as the authors'.
+        # Computed first, as the authors' cln_feat; with a graph only when the loss keeps its gradient.
+        with torch.set_grad_enabled(not detached):
+            clean = features(net, xn)
         f_mix = features(net, x_mix)
         logits = head(net, f_mix)
-        return unlearning_loss(logits, f_mix, anchor, y, cfg.unlearn_feature_weight)
+        return unlearning_loss(logits, f_mix, clean, y, cfg.unlearn_feature_weight, cfg.unlearn_anchor)
 
     return _run_epochs(f"unlearning ({tag})", cfg.unlearn_epochs, step, opt, data, cfg, device, seed,
                        ("unlearn", tag), log, "lower the unlearning learning rate", amp=amp,
@@ -550,14 +615,16 @@ def bti_dbf_unlearn(model: Classifier, data: Split, cfg: BTIDBFConfig | None = N
     for r in range(cfg.rounds):
         log(f"BTI-DBF(U) round {r + 1}/{cfg.rounds}")
         frozen_model = _frozen_copy(repaired, device)
-        mask = decouple_mask(frozen_model, data, cfg, seed=seed, tag=r, amp=amp, log=log, stages=stages)
+        # inv_model: the model of the inversion (the mask's drifted copy with mask_model_mode "train"); the
+        # pre-training and the vote read the current model, as the authors' pretrain.py and get_target_label
+        mask, inv_model = _decouple(frozen_model, data, cfg, seed=seed, tag=r, amp=amp, log=log, stages=stages)
         if r == 0:
             pretrain_generator(frozen_model, gen, data, cfg, seed=seed, amp=amp, log=log, stages=stages)
-        train_generator(frozen_model, gen, mask, data, cfg, target=target, optimizer=opt_gen, seed=seed, tag=r,
+        train_generator(inv_model, gen, mask, data, cfg, target=target, optimizer=opt_gen, seed=seed, tag=r,
                         amp=amp, log=log, stages=stages)
         if r == 0:
             target, votes = _vote(frozen_model, gen, data, cfg, seed, amp, log, stages)
-        del frozen_model
+        del frozen_model, inv_model
         history.append(_unlearn_epochs(repaired, gen, data, cfg, opt_model, seed=seed, tag=r, amp=amp, log=log,
                                        stages=stages))
     repaired.eval().requires_grad_(False)
@@ -668,12 +735,14 @@ def bti_dbf_purify(model: Classifier, data: Split, cfg: BTIDBFConfig | None = No
     target, votes, history = None, None, []
     for r in range(cfg.rounds):
         log(f"BTI-DBF(P) round {r + 1}/{cfg.rounds}")
-        mask = decouple_mask(frozen_model, data, cfg, seed=seed, tag=r, amp=amp, log=log, stages=stages)
+        # inv_model: as in bti_dbf_unlearn; P is trained against the given model (frozen), as the authors'
+        mask, inv_model = _decouple(frozen_model, data, cfg, seed=seed, tag=r, amp=amp, log=log, stages=stages)
         if r == 0:
             pretrain_generator(frozen_model, gen, data, cfg, seed=seed, amp=amp, log=log, stages=stages)
             stages.once("purifier-init", start_purifier_from_generator, parts={"purifier": unet})
-        train_generator(frozen_model, gen, mask, data, cfg, target=target, through=unet if r > 0 else None,
+        train_generator(inv_model, gen, mask, data, cfg, target=target, through=unet if r > 0 else None,
                         optimizer=opt_gen, seed=seed, tag=r, amp=amp, log=log, stages=stages)
+        del inv_model
         if r == 0:
             target, votes = _vote(frozen_model, gen, data, cfg, seed, amp, log, stages)
         history.append(_purify_epochs(frozen_model, unet, gen, data, cfg, optimizer=opt_unet, seed=seed, tag=r,
@@ -699,6 +768,9 @@ def _resumable(ctx: FitContext) -> dict:
 
 
 class _BTIDBFDefense(Defense):
+    # 2: the authors' mask_model_mode "train" and, for (U), unlearn_anchor "trained" by default (1: "eval" and
+    # "detached", still the settings' alternatives)
+    version = 2
     labelled = True
     detects_target = True
     settings = {**BTI_DBF_SETTINGS, "data_fraction": defender_share(0.05)}

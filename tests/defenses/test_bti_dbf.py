@@ -1,5 +1,7 @@
 """BTI-DBF (core/defenses/bti_dbf.py) on tiny problems: 16×16 synthetic images, width-8 ResNet-18, 4 classes."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,16 +107,55 @@ def test_mask_stays_in_the_unit_interval_and_learning_it_lowers_the_decoupling_l
     _assert_unchanged(model, snapshot, "decouple_mask")
 
 
-def test_mask_learning_keeps_batchnorm_frozen_even_for_a_model_in_training_mode(toy_backdoor):
-    # the authors learn the mask with the model in training mode (BatchNorm statistics drift); here f is frozen
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mask_learning_leaves_the_given_model_alone_even_in_training_mode(toy_backdoor, mode):
+    # "train" (the authors'): the mask is learned on a deep copy in training mode; "eval": on the model frozen
     model = toy_backdoor.model
     model.train()
     try:
         snapshot = _snapshot(model)
-        decouple_mask(model, _defender_data(32), _tiny_cfg(), log=_quiet)
+        decouple_mask(model, _defender_data(32), _tiny_cfg(mask_model_mode=mode), log=_quiet)
         _assert_unchanged(model, snapshot, "decouple_mask")
     finally:
         model.eval()
+
+
+def _bn_stats(model):
+    return {k: v.clone() for k, v in model.named_buffers()}  # BatchNorm's running statistics and step counts
+
+
+def _same_stats(a, b):
+    return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_mask_model_drifts_only_in_the_authors_mode_and_the_inversion_reads_it(toy_backdoor, monkeypatch, mode):
+    # The authors' reverse(): the mask is learned on a deep copy in training mode (BatchNorm running statistics
+    # drift over the defender's images) and that copy, in eval mode, is the model of the inversion; the identity
+    # pre-training and the vote read the model itself. "eval" (ours): everything reads the model frozen.
+    model = toy_backdoor.model
+    snapshot, given = _snapshot(model), _bn_stats(model)
+    cfg = _tiny_cfg(mask_model_mode=mode, rounds=1)
+    mask, net = bti_dbf_module._decouple(model, _defender_data(32), cfg, log=_quiet)
+    assert mask.shape == feature_shape(model, (3, 16, 16))
+    _assert_unchanged(model, snapshot, "the mask phase")
+    if mode == "train":
+        assert net is not model and not net.training
+        assert not _same_stats(_bn_stats(net), given), "training mode must move the copy's running statistics"
+        assert all(torch.equal(v, p) for v, p in zip(net.parameters(), model.parameters())), "no weight is trained"
+    else:
+        assert net is model and _same_stats(_bn_stats(net), given)
+
+    seen = {}
+    for name in ("pretrain_generator", "train_generator", "detect_target"):
+        def spy(m, *args, _name=name, _real=getattr(bti_dbf_module, name), **kwargs):
+            seen[_name] = _same_stats(_bn_stats(m), given)
+            return _real(m, *args, **kwargs)
+        monkeypatch.setattr(bti_dbf_module, name, spy)
+    bti_dbf_unlearn(model, _defender_data(32), cfg, device="cpu", log=_quiet)
+    _assert_unchanged(model, snapshot, "bti_dbf_unlearn")
+    # the given model's statistics: True; the drifted copy's: False
+    assert seen == {"pretrain_generator": True, "train_generator": mode == "eval", "detect_target": True}, seen
 
 
 def test_mask_is_deterministic_for_a_seed(toy_backdoor):
@@ -177,17 +218,48 @@ def test_pretrain_loss_uses_the_soft_prediction_on_x_as_target_and_switches_the_
     assert logits_g.grad.abs().sum() > 0
 
 
-def test_unlearning_loss_detaches_the_clean_anchor():
+@pytest.mark.parametrize("anchor", ["trained", "detached"])
+def test_unlearning_loss_keeps_the_gradient_through_the_clean_features_only_in_the_authors_mode(anchor):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(5, 4, generator=g, requires_grad=True)
     f_mix = torch.randn(5, 3, 2, 2, generator=g, requires_grad=True)
     f_clean = torch.randn(5, 3, 2, 2, generator=g, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 0])
-    loss, _ = unlearning_loss(logits, f_mix, f_clean, y, feature_weight=2.0)
+    loss, _ = unlearning_loss(logits, f_mix, f_clean, y, feature_weight=2.0, anchor=anchor)
     expected = F.cross_entropy(logits, y) + 2.0 * F.mse_loss(f_mix, f_clean)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
-    assert f_clean.grad is None and f_mix.grad.abs().sum() > 0
+    assert f_mix.grad.abs().sum() > 0
+    if anchor == "trained":  # the authors' unlearn(): MSE's gradient, with the opposite sign, reaches f_b(x) too
+        assert torch.allclose(f_clean.grad, -f_mix.grad)
+    else:
+        assert f_clean.grad is None
+    with pytest.raises(ValueError, match="anchor"):
+        unlearning_loss(logits, f_mix, f_clean, y, anchor="frozen")
+
+
+@pytest.mark.parametrize("anchor", ["trained", "detached"])
+def test_unlearning_trains_through_the_clean_features_only_in_the_authors_mode(toy_backdoor, monkeypatch, anchor):
+    # one unlearning step (32 images, batch 32); the clean forward f_b(x) (the first features() call of a step)
+    # is scaled by a parameter s = 1 that nothing else reads: s gets a gradient iff the clean branch does
+    model = copy.deepcopy(toy_backdoor.model)
+    s = torch.nn.Parameter(torch.ones(()))
+    calls = []
+
+    def features_spy(m, xn, _real=bti_dbf_module.features):
+        calls.append(torch.is_grad_enabled())
+        out = _real(m, xn)
+        return out * s if len(calls) % 2 == 1 else out
+    monkeypatch.setattr(bti_dbf_module, "features", features_spy)
+    cfg = _tiny_cfg(unlearn_anchor=anchor, unlearn_epochs=1, batch_size=32)
+    gen = build_generator(cfg, 0).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # grads of the one step stay on the parameters
+    bti_dbf_module._unlearn_epochs(model, gen, _defender_data(32), cfg, opt, seed=0, tag=0, amp=False, log=_quiet)
+    assert len(calls) == 2
+    if anchor == "trained":
+        assert calls == [True, True] and s.grad is not None and s.grad.abs() > 0
+    else:
+        assert calls == [False, True] and s.grad is None
 
 
 def test_purification_loss_terms_and_pixel_weight_switch():
