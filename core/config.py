@@ -6,9 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from .attacks import canonical_name
+from .attacks import ATTACKS, canonical_name
 from .data import DATASETS, will_use_embedded_sample
+from .defenses import DEFENSES
 from .errors import UserError
+from .models import MODELS
 from .settings import SECTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -110,13 +112,8 @@ def _apply(block: dict, config: dict, defaults: dict, given: dict) -> None:
 
 
 def _check_sections(sections: dict) -> None:
-    """A section must name a data set, an attack or a defense (or be the embedded_sample section): a misspelt
+    """A section must name a data set, a model, an attack or a defense (or be the embedded_sample section): a misspelt
     one would be ignored without a word."""
-    from .attacks import ATTACKS
-    from .defenses import DEFENSES
-
-    from .models import MODELS
-
     models = {name for _, name in MODELS}
     known = {*DATASETS, *models, EMBEDDED_SECTION, *ATTACKS.names(), *ATTACKS.aliases, *DEFENSES.names(),
              *DEFENSES.aliases}

@@ -289,7 +289,10 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike, allow_emb
                         f"{split}: {', '.join(missing) or 'none'}; only in {split}: {', '.join(extra) or 'none'}); "
                         f"both splits need the same <class> folders")
     if write_cache is not None:  # only a split that passed every check is cached
-        write_cache() if deferred_writes is None else deferred_writes.append(write_cache)
+        if deferred_writes is None:
+            write_cache()
+        else:
+            deferred_writes.append(write_cache)
     source = f"{dataset} {split} from {path}"
     if path == EMBEDDED_SAMPLE:
         source += " (embedded CIFAR-10 sample, not the full data set)"

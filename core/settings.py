@@ -60,6 +60,15 @@ def defaults(settings: Settings) -> dict:
     return {key: s.default for key, s in settings.items()}
 
 
+def with_defaults(settings: Settings, given: dict, owner: str) -> dict:
+    """``given`` keyword values over the declared defaults of ``settings``, for a Python caller; a key that is
+    not declared is a TypeError naming ``owner`` (a typo must not pass as a default)."""
+    unknown = set(given) - set(settings)
+    if unknown:
+        raise TypeError(f"{owner} has no setting(s) {', '.join(sorted(unknown))}")
+    return {**defaults(settings), **given}
+
+
 def _parser_of(check: Check | None):
     parse = check.parse if check is not None else str
 

@@ -21,7 +21,7 @@ from .checks import choice, int_list, integer, learning_rate, number
 from .data import Split, iterate_batches, memory_format
 from .errors import DivergedError, UserError
 from .seeding import generator
-from .settings import Setting, defaults
+from .settings import Setting, defaults, with_defaults
 
 # Denormal floats (tiny activations/gradients) make CPU kernels crawl - on some virtual machines a training step
 # went from 0.05 s to minutes. Flushing them to zero changes nothing that matters for training; it must happen
@@ -553,10 +553,7 @@ def train_classifier(
     ``compile``: full batches run through ``torch.compile(model)`` (eager again where compilation fails);
     ``fused``: fused optimizer kernels on CUDA. Both are speed-ups only: the same computation.
     """
-    unknown = set(recipe) - set(CLASSIFIER_RECIPE)
-    if unknown:
-        raise TypeError(f"train_classifier has no setting(s) {', '.join(sorted(unknown))}")
-    recipe = {**defaults(CLASSIFIER_RECIPE), **recipe}
+    recipe = with_defaults(CLASSIFIER_RECIPE, recipe, "train_classifier")
     epochs, batch_size, lr, optimizer = recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["optimizer"]
     momentum, weight_decay, schedule = recipe["momentum"], recipe["weight_decay"], recipe["schedule"]
     milestones, gamma, label_smoothing = recipe["milestones"], recipe["gamma"], recipe["label_smoothing"]

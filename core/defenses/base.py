@@ -25,7 +25,7 @@ from ..data import Split, memory_format
 from ..models import Classifier
 from ..registry import Registry
 from ..checks import number
-from ..settings import Setting, defaults
+from ..settings import Setting, with_defaults
 from .parts import DeployedModel
 
 DEFENSES = Registry("defense")
@@ -86,10 +86,7 @@ class Defense:
     own_folder = True  # False: <out>/<DATASET>/<MODEL>/<ATTACK>/<run> (REFINE's official layout)
 
     def __init__(self, **values):
-        unknown = set(values) - set(self.settings)
-        if unknown:
-            raise TypeError(f"{self.name} has no setting(s) {', '.join(sorted(unknown))}")
-        self.values = {**defaults(self.settings), **values}
+        self.values = with_defaults(self.settings, values, self.name)
         self.detection: dict = {}  # filled by fit() for defenses that also detect (target class, anomaly index)
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:

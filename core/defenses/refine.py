@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..metrics import ba_asr, predict
 from ..models import Classifier, UNet
 from ..seeding import generator
-from ..settings import Setting, defaults
+from ..settings import Setting, with_defaults
 from ..train import EpochState, autocast, fit, lr_factor, make_optimizer, training_recipe
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
 from .losses import remapped_loss, supcon_loss
@@ -101,10 +101,8 @@ class REFINE:
 
     def __init__(self, unet: nn.Module, model: Classifier, num_classes: int, seed: int = 0, device="cpu",
                  amp: bool = True, **method):
-        unknown = set(method) - (set(METHOD) - {"unet_channels", "pseudo_labels"})
-        if unknown:
-            raise TypeError(f"REFINE has no setting(s) {', '.join(sorted(unknown))}")
-        method = {**defaults(METHOD), **method}
+        method = with_defaults({k: s for k, s in METHOD.items() if k not in ("unet_channels", "pseudo_labels")},
+                               method, "REFINE")
         loss, lam, temperature, remap = method["loss"], method["lam"], method["temperature"], method["remap"]
         supcon_views, pseudo_fp32 = method["supcon_views"], method["pseudo_fp32"]
         if loss not in ("ce", "bce"):
@@ -202,10 +200,7 @@ class REFINE:
         """
         if pseudo_labels not in ("augmented", "clean"):
             raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
-        unknown = set(recipe) - set(RECIPE)
-        if unknown:
-            raise TypeError(f"REFINE.train has no setting(s) {', '.join(sorted(unknown))}")
-        recipe = {**defaults(RECIPE), **recipe}
+        recipe = with_defaults(RECIPE, recipe, "REFINE.train")
         epochs, batch_size, lr, optimizer = recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["optimizer"]
         momentum, weight_decay, schedule = recipe["momentum"], recipe["weight_decay"], recipe["schedule"]
         milestones, gamma, augment = recipe["milestones"], recipe["gamma"], recipe["augment"]
