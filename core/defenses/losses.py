@@ -30,12 +30,18 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     return -(per_anchor * has_pos).sum() / has_pos.sum().clamp(min=1)
 
 
-def remapped_loss(remapped_logits: torch.Tensor, pseudo_labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+LOSSES = ("bce", "ce", "distill")
+
+
+def remapped_loss(remapped_logits: torch.Tensor, pseudo_labels: torch.Tensor, kind: str = "ce",
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Classification term between the remapped prediction M(F(T(x))) and the pseudo-labels.
 
     ``ce``: cross-entropy -log M(softmax F(T(x)))[ȳ] (the paper's Eq. 6). ``bce``: binary cross-entropy
     between the remapped probability vector and the one-hot pseudo-label, averaged over all N×K entries
-    (what the authors' code computes).
+    (what the authors' code computes). ``distill`` (ours): cross-entropy -Σ_k softmax(F(x))_k · log
+    M(softmax F(T(x)))_k against F's soft prediction ``teacher_logits`` (N×K, same label space as the
+    pseudo-labels), which tells T how F ranks every class, not only the top one.
     """
     if kind == "ce":
         return F.cross_entropy(remapped_logits.float(), pseudo_labels)
@@ -46,4 +52,9 @@ def remapped_loss(remapped_logits: torch.Tensor, pseudo_labels: torch.Tensor, ki
         # where a diverging run must yield a NaN loss for the training loop's guard to stop it with one line
         log_p, log_not_p = probs.log().clamp(min=-100), (1 - probs).log().clamp(min=-100)
         return -(target * log_p + (1 - target) * log_not_p).mean()
-    raise ValueError(f"unknown loss {kind!r}; choose ce or bce")
+    if kind == "distill":
+        if teacher_logits is None:
+            raise ValueError("loss 'distill' needs the teacher's logits F(x)")
+        soft_targets = teacher_logits.float().softmax(1)
+        return -(soft_targets * remapped_logits.float().log_softmax(1)).sum(1).mean()
+    raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")

@@ -30,7 +30,7 @@ from ..seeding import generator
 from ..settings import Setting, with_defaults
 from ..train import EpochState, autocast, fit, lr_factor, make_optimizer, training_recipe
 from .base import Defense, FitContext, defender_share, frozen_copy, register_defense
-from .losses import remapped_loss, supcon_loss
+from .losses import LOSSES, remapped_loss, supcon_loss
 from .parts import DeployedModel, Purifier, register_part
 from .remap import LabelRemap, random_derangement
 
@@ -40,7 +40,9 @@ METHOD = {
     "unet_channels": Setting(64, "first-layer width of the UNet T (the paper: 64 on CIFAR-10, 32 on ImageNet-50; "
                                  "at most 512)", integer(1, 512), aliases=("--unet_channels",)),
     "loss": Setting("bce", "classification loss: bce (the authors' code: BCE between the remapped softmax and the "
-                           "one-hot pseudo-label) or ce (the paper's Eq. 6)", choice(("bce", "ce"))),
+                           "one-hot pseudo-label), ce (the paper's Eq. 6) or distill (ours, not in the paper: "
+                           "cross-entropy between the remapped softmax and F(x)'s softmax, i.e. soft pseudo-labels)",
+                    choice(LOSSES)),
     "unet_input": Setting("normalized", "normalized: T reads the image in the classifier's normalized space and its "
                                         "[0, 1] output goes to F's network un-normalized (the authors' code); "
                                         "pixels: T maps [0, 1] images to [0, 1] images, which F normalizes as any "
@@ -105,8 +107,8 @@ class REFINE:
                                method, "REFINE")
         loss, lam, temperature, remap = method["loss"], method["lam"], method["temperature"], method["remap"]
         supcon_views, pseudo_fp32 = method["supcon_views"], method["pseudo_fp32"]
-        if loss not in ("ce", "bce"):
-            raise UserError(f"unknown loss {loss!r}; choose ce or bce")
+        if loss not in LOSSES:
+            raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         if method["unet_input"] == "normalized":
             if not isinstance(unet, UNet):
                 raise TypeError(f"unet_input='normalized' wraps a UNet, not a {type(unet).__name__}; pass "
@@ -156,21 +158,25 @@ class REFINE:
         """Total loss on one (augmented) batch x in [0, 1], and its parts for logging.
 
         ``pseudo``: ȳ of the batch if already known (labels of the clean images), else argmax F(x) of
-        the augmented batch itself, as the authors' code does. ``unet``/``model``: compiled versions of
+        the augmented batch itself, as the authors' code does. ``loss='distill'`` always takes its soft
+        targets softmax F(x) from the batch x itself. ``unet``/``model``: compiled versions of
         T and F to run instead of the plain modules (same parameters). Mixed precision is the caller's (the
         training loop runs this under bf16 autocast on CUDA); the losses themselves are computed in fp32.
         """
         unet = self.unet if unet is None else unet
         model = self.model if model is None else model
-        if pseudo is None:
+        teacher = None
+        if pseudo is None or self.loss == "distill":
             with torch.no_grad(), autocast(self.device, self.amp and not self.pseudo_fp32):
-                pseudo = model(x).argmax(1)  # ȳ: the defender never sees true labels
+                teacher = model(x)  # F(x): the defender never sees true labels
+            if pseudo is None:
+                pseudo = teacher.argmax(1)
         transformed = unet(x)
         remapped = self.remap(model(transformed))
         # SupCon on T's own output: the [0, 1] images F's network receives when T works in normalized space
         features = self.unet.network_input(transformed) if hasattr(self.unet, "network_input") else transformed
         with torch.autocast(self.device.type, enabled=False):  # fp32 losses (BCE refuses autocast)
-            cls = remapped_loss(remapped, pseudo, self.loss)
+            cls = remapped_loss(remapped, pseudo, self.loss, teacher)
             total = cls
             parts = {"cls": cls.detach()}
             if self.lam > 0:

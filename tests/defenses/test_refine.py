@@ -97,6 +97,33 @@ def test_ce_and_bce_losses():
     assert remapped_loss(logits, y, "bce").item() == pytest.approx(bce, rel=1e-5)
 
 
+def test_distill_loss_is_cross_entropy_to_the_teachers_softmax():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    y = teacher.argmax(1)
+    by_hand = -(teacher.softmax(1) * student.log_softmax(1)).sum(1).mean()
+    assert remapped_loss(student, y, "distill", teacher).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    # soft targets carry more than the top class: the value is not CE's, but a one-hot teacher gives CE
+    assert remapped_loss(student, y, "distill", teacher).item() != pytest.approx(remapped_loss(student, y, "ce").item())
+    assert remapped_loss(student, y, "distill", teacher * 1e4).item() == pytest.approx(
+        remapped_loss(student, y, "ce").item(), rel=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        remapped_loss(student, y, "distill")
+
+
+@pytest.mark.parametrize("given_pseudo", [False, True])
+def test_distillation_targets_are_fs_soft_output_on_the_batch_itself(given_pseudo):
+    model = _tiny_classifier()
+    defense = REFINE(UNet(4), model, num_classes=4, seed=0, lam=0.0, loss="distill", unet_input="pixels")
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        teacher = model(x)
+        expected = remapped_loss(defense.remap(model(defense.unet(x))), teacher.argmax(1), "distill", teacher)
+        # pseudo-labels given from elsewhere (--pseudo-labels clean) still leave the soft targets to F(x)
+        loss, _ = defense.losses(x, (teacher.argmax(1) + 1) % 4 if given_pseudo else None)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 # The backdoored F of these tests is conftest's toy model (BadNets 3×3 trigger on 16×16 images): each test gets
 # its own copy, and the first one checks that REFINE leaves F as it was.
 def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(toy_backdoor, tmp_path):
