@@ -4,6 +4,8 @@
         ShrinkPad T-MR FT --preset mini --out-table docs/tables/compare_mini
     python compare.py --attacks BadNets Blended --defenses NC FT --preset mini --table-only   # runs nothing
     python compare.py --attacks BadNets --defenses ShrinkPad --sweep pad_size=0,2,4,6 --preset mini
+    python compare.py --attacks BadNets --defenses REFINE --sweep lam=0.1,1 unet_channels=16,32 --preset mini
+    python compare.py --attacks BadNets --defenses REFINE ShrinkPad --seeds 0 1 2 --preset mini   # mean ± std
 
 For each attack, attack.py's job first (a finished run of the same settings is reused, an unfinished one
 resumed), then each defense's job (defend.py's) on that model. A job that fails is reported in one line and
@@ -18,7 +20,7 @@ defense detects, <out-table>_detection.csv.
 from core.cli import check_writable, main_guard, new_parser, starting
 
 with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
-    from core.compare import SHARED, compare, table_only_results
+    from core.compare import SHARED, compare, run_over_seeds, table_only_results
     from core.defenses import DEFENSES
     from core.errors import UserError
     from core.run_attack import attack_job_settings
@@ -46,8 +48,12 @@ def parse_args(argv=None):
     p.add_argument("--table-only", dest="table_only", action="store_true",
                    help="run nothing: the table of the finished runs whose settings equal, in full, those the jobs "
                         "would run")
-    p.add_argument("--sweep", help="SETTING=V1,V2,...: one column per value for each defense that has the "
-                                    "setting (e.g. pad_size=0,2,4 for ShrinkPad's BA/ASR trade-off)")
+    p.add_argument("--sweep", nargs="+", metavar="SETTING=V1,V2,...",
+                   help="one column per value for each defense that has the setting (e.g. pad_size=0,2,4 for "
+                        "ShrinkPad's BA/ASR trade-off); several settings give one column per combination of values "
+                        "(e.g. --sweep lam=0.1,1 unet_channels=16,32)")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="run every cell once per seed (replaces --seed); the table shows mean ± std over the seeds")
     p.add_argument("--skip-missing", dest="skip_missing", action="store_true",
                    help="train no attack model: defend attack.py's latest finished model of each attack, skip "
                         "an attack that has none")
@@ -60,9 +66,13 @@ def main(argv=None):
     stem = getattr(args, "out_table", None) or f"results/compare_{dataset}_{getattr(args, 'preset', None) or 'paper'}"
     check_writable(stem, "--out-table")  # known now, not after the jobs
     run = table_only_results if getattr(args, "table_only", False) else compare
-    results, sources, failed = run(args)
+    if getattr(args, "seeds", None):
+        results, sources, failed = run_over_seeds(run, args, args.seeds)
+    else:
+        results, sources, failed = run(args)
     title = (f"{dataset} / {getattr(args, 'model', 'ResNet18')}, preset {getattr(args, 'preset', None) or 'paper'}: "
-             f"BA / ASR (%)")
+             f"BA / ASR (%)" + (f", mean ± std over seeds {', '.join(map(str, dict.fromkeys(args.seeds)))}"
+                                if getattr(args, "seeds", None) else ""))
     defenses = [d for _, d, _ in results if d is not None]
     print(markdown(results, defenses=defenses, title=title, sources=sources))
     written = write_tables(results, stem, defenses=defenses, title=title, sources=sources)

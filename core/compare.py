@@ -8,6 +8,7 @@ newest matching finished runs instead. Both return ``(attack, defense, metrics)`
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 
@@ -89,44 +90,62 @@ def _setting_named(text: str, settings: dict):
     return next(((k, s) for k, s in settings.items() if flags & {s.flag(k), *s.aliases}), None)
 
 
-def variants(defenses: list[str], sweep: str | None) -> list[tuple[str, str, dict]]:
-    """The table's defense columns: ``(label, defense, overrides)``; with ``sweep`` (``SETTING=V1,V2``) one
-    column per value for each defense that has the setting (label ``"ShrinkPad pad_size=2"``), the others
-    once. A setting none of ``defenses`` has is a UserError."""
-    if not sweep:
+def _typed(key: str, setting, value: str):
+    try:
+        typed = setting.check.parse(value) if setting.check is not None else value
+    except (TypeError, ValueError):
+        typed = value  # the check names what is allowed
+    try:
+        return check_value(key, setting, typed)
+    except UserError as exc:
+        raise UserError(f"--sweep {key}: {value!r} is not a valid value ({exc})") from None
+
+
+def variants(defenses: list[str], sweep) -> list[tuple[str, str, dict]]:
+    """The table's defense columns: ``(label, defense, overrides)``. ``sweep``: one ``SETTING=V1,V2`` text or
+    several; each defense that has a swept setting gets one column per value (label ``"ShrinkPad pad_size=2"``),
+    per combination of values where it has several (``"REFINE lam=0.1 unet_channels=32"``), the others one
+    column. A setting none of ``defenses`` has, or one swept twice, is a UserError."""
+    sweeps = [] if not sweep else [sweep] if isinstance(sweep, str) else list(sweep)
+    if not sweeps:
         return [(d, d, {}) for d in defenses]
-    text, values = parse_sweep(sweep)
-    found = {d: _setting_named(text, defense_job_settings(defense_class(d))) for d in defenses}
-    owners = [d for d, hit in found.items() if hit is not None]
-    key = found[owners[0]][0] if owners else text
-    if not owners:
-        raise UserError(f"--sweep {key} is not a setting of {', '.join(defenses)}; see defend.py --list and "
-                        f"docs/flags.md")
+    parsed = [parse_sweep(text) for text in sweeps]
+    owned = {d: [] for d in defenses}  # defense -> [(key, setting, value texts)] of the sweeps it has
+    keys = []
+    for text, values in parsed:
+        found = {d: _setting_named(text, defense_job_settings(defense_class(d))) for d in defenses}
+        owners = [d for d, hit in found.items() if hit is not None]
+        key = found[owners[0]][0] if owners else text
+        if not owners:
+            raise UserError(f"--sweep {key} is not a setting of {', '.join(defenses)}; see defend.py --list and "
+                            f"docs/flags.md")
+        if key in keys:
+            raise UserError(f"--sweep {key} is given twice; give each setting once with all its values")
+        keys.append(key)
+        for d in owners:
+            owned[d].append((key, found[d][1], values))
     columns = []
     for defense in defenses:
-        if defense not in owners:
+        if not owned[defense]:
             columns.append((defense, defense, {}))
             continue
-        setting = found[defense][1]
-        for value in values:
-            try:
-                typed = setting.check.parse(value) if setting.check is not None else value
-            except (TypeError, ValueError):
-                typed = value  # the check names what is allowed
-            try:
-                typed = check_value(key, setting, typed)
-            except UserError as exc:
-                raise UserError(f"--sweep {key}: {value!r} is not a valid value ({exc})") from None
-            columns.append((f"{defense} {key}={value}", defense, {key: typed}))
+        choices = [[(key, value, _typed(key, setting, value)) for value in values]
+                   for key, setting, values in owned[defense]]
+        for combination in itertools.product(*choices):
+            label = defense + "".join(f" {key}={value}" for key, value, _ in combination)
+            columns.append((label, defense, {key: typed for key, _, typed in combination}))
     return columns
 
 
 def plan(opts: argparse.Namespace) -> tuple[list[str], list[str], dict]:
     """The canonical attack names, the defense columns (:func:`variants`) and every job's configuration,
     checked before anything runs: an unknown name, preset, option or swept value is one UserError.
+    ``opts.columns``, when given, replaces ``opts.defenses`` and ``opts.sweep``.
     Returns (attacks, column labels, {(attack, label): config})."""
     attacks = _ordered(attack_class(a).name for a in opts.attacks)
-    columns = variants(_ordered(defense_class(d).name for d in opts.defenses), _given(opts, "sweep"))
+    columns = _given(opts, "columns")  # reproduce.py's items name their columns: (label, defense, overrides)
+    if columns is None:
+        columns = variants(_ordered(defense_class(d).name for d in opts.defenses), _given(opts, "sweep"))
     configs = {}
     for attack in attacks:
         configs[(attack, NO_DEFENSE)] = config = attack_config(opts, attack)
@@ -277,3 +296,55 @@ def table_only_results(opts: argparse.Namespace, log=print) -> tuple[list, dict,
                 sources[(attack, defense)] = path_
             log(f"{attack} / {defense}: " + (f"{_summary(metrics)} ({path_})" if metrics else f"{MISSING} ({why})"))
     return results, sources, []
+
+
+# -- --seeds: each cell over several seeds --------------------------------------------------------------------
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    # sample standard deviation (n - 1): the spread a reader expects of "mean ± std over seeds"
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return round(mean, 2), round(var ** 0.5, 2)
+
+
+def over_seeds(results_by_seed: dict) -> list:
+    """``{seed: [(attack, defense, metrics)]}`` -> one triple per cell whose ``final`` (and ``no_defense``) hold
+    the mean BA/ASR over the seeds that have the cell, with ``BA_std``/``ASR_std`` and ``seeds`` (how many)."""
+    cells: dict = {}
+    for results in results_by_seed.values():
+        for attack, defense, metrics in results:
+            cells.setdefault((attack, defense), []).append(metrics)
+    merged = []
+    for (attack, defense), runs in cells.items():
+        runs = [m for m in runs if m and (m.get("final") or {}).get("BA") is not None]
+        if not runs:
+            merged.append((attack, defense, None))
+            continue
+        metrics = {}
+        for part in ("final", "no_defense"):
+            parts = [m[part] for m in runs if m.get(part)]
+            if not parts:
+                continue
+            summary = {"seeds": len(parts)}
+            for key in ("BA", "ASR"):
+                values = [p[key] for p in parts if p.get(key) is not None]
+                if values:
+                    summary[key], summary[f"{key}_std"] = _mean_std(values)
+            metrics[part] = summary
+        merged.append((attack, defense, metrics))
+    return merged
+
+
+def run_over_seeds(run, opts: argparse.Namespace, seeds, log=print) -> tuple[list, dict, list[str]]:
+    """``run`` (:func:`compare` or :func:`table_only_results`) once per seed, the cells merged by
+    :func:`over_seeds`; sources and failed cells are labelled with their seed. Every seed is checked first."""
+    seeds = list(dict.fromkeys(seeds))
+    for seed in seeds:
+        check_value("seed", attack_job_settings()["seed"], seed)
+    by_seed, sources, failed = {}, {}, []
+    for seed in seeds:
+        log(f"== seed {seed}")
+        by_seed[seed], seed_sources, seed_failed = run(argparse.Namespace(**{**vars(opts), "seed": seed}), log=log)
+        sources.update({(attack, f"{label} (seed {seed})"): path for (attack, label), path in seed_sources.items()})
+        failed += [f"{cell} (seed {seed})" for cell in seed_failed]
+    return over_seeds(by_seed), sources, failed

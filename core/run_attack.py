@@ -14,7 +14,7 @@ from .data import DATA, dataset_info, evaluation_subset, load_split, seeded_subs
 from .download import ensure_data
 from .errors import UserError
 from .jobs import MODEL, Job, checked_config, run_job, run_settings
-from .metrics import ba_asr
+from .metrics import timed_ba_asr
 from .models import build_classifier, resolve_normalization
 from .runlog import RunLog, describe_split, format_metrics, latest_run, method_versions, run_name, tensors_sha256
 from .settings import RUN, Setting, flag_of, merge, owners_of, shown
@@ -149,8 +149,10 @@ class AttackJob(Job):
                 f"(rate {attack.poisoned_rate}, target {attack.y_target})")
         started = time.time()
 
+        speed = {}
+
         def evaluate(epoch: int) -> dict:
-            metrics = ba_asr(model, test, poisoned_test, config["eval_batch_size"], device)
+            metrics, speed["model"] = timed_ba_asr(model, test, poisoned_test, config["eval_batch_size"], device)
             run.append_metric("evaluations", {"epoch": epoch, **metrics})
             run.log(f"eval after epoch {epoch}: {format_metrics(metrics)}")
             return metrics
@@ -165,7 +167,7 @@ class AttackJob(Job):
         save_classifier(folder / "model.pth", model.cpu(), attack=attack.config(), trigger=attack.trigger_tensors(),
                         dataset=config["dataset"], data=train.source, final_metrics=final)
         run.update_metrics(final=final, attack=attack.config(), data=train.source, device=device_name(device),
-                           train_wall_seconds_this_call=round(time.time() - started, 1))
+                           train_wall_seconds_this_call=round(time.time() - started, 1), inference=speed)
         if final.get("ASR", 100.0) < 50:
             run.log(f"warning: ASR is only {final['ASR']:.2f}%: the backdoor did not take, so a defense has nothing to "
                     f"remove; train longer (--epochs) or on more data (the embedded sample needs more epochs than the "

@@ -25,7 +25,7 @@ from .defenses import DEFENSES, FitContext, defense_class, load_deployed, save_d
 from .download import ensure_data
 from .errors import UserError
 from .jobs import MODEL, Job, checked_config, run_job, run_settings
-from .metrics import ba_asr
+from .metrics import ba_asr, timed_ba_asr
 from .models import NORMALIZATION_HELP, NORMALIZATIONS
 from .runlog import RunLog, describe_split, format_metrics, latest_run, method_versions, read_latest, run_name
 from .settings import RUN, Setting, defaults, flatten, merge
@@ -43,6 +43,11 @@ TARGET = {
     "model_path": Setting(None, "checkpoint to defend (any source; default: the attack's latest run)",
                           existing_file(), "data", aliases=("--model_path",)),
     "model": MODEL["model"],
+    "defense_data_root": Setting(None, "where the defense's own training images come from: a data root or image-folder "
+                                       "tree with a train/<class>/ split of the same classes (CINIC-10's own layout "
+                                       "works), e.g. data of another distribution (the paper's Table 9); default: "
+                                       "--data-root's training set. The evaluation always uses --data-root",
+                                 text(optional=True), "data"),
     "y_target": Setting(None, "target label, for third-party models", integer(0, optional=True), "data",
                         aliases=("--tlabel",)),
     "trigger": Setting(None, "trigger file, for third-party models", existing_file(), "data"),
@@ -189,16 +194,27 @@ class DefenseJob(Job):
         test = load_split(config["dataset"], "test", *where)
         if config["test_size"]:
             test = evaluation_subset(test, config["test_size"])
-        self.train, self.test = train, test
-        self.data = _defender_data(config, train, cls)
+        if config["defense_data_root"]:
+            config["defense_data_root"] = str(Path(config["defense_data_root"]).expanduser().resolve())
+            own = load_split(config["dataset"], "train", config["defense_data_root"], False, self.deferred_writes)
+            if list(own.classes) != list(train.classes):
+                theirs, ours = (", ".join(map(str, split.classes[:12])) for split in (own, train))
+                raise UserError(f"--defense-data-root {config['defense_data_root']}: its classes ({theirs}) are not "
+                                f"--data-root's ({ours}); the defender's data need the same <class> folders")
+        else:
+            own = train
+        self.train, self.test, self.defense_train = train, test, own
+        self.data = _defender_data(config, own, cls)
         self.defense = cls(**{k: config[k] for k in cls.settings})
         self.defense.check(tuple(test.images.shape[1:]))  # e.g. ShrinkPad's pad size against the image size
         self.poisoned_test, self.attack_config, self.trigger = poisoned_testset(config, meta, test, image_size,
                                                                                 self.notes.append)
         self.config = config
         self.declared = job_settings
-        self.settings = run_settings(config, job_settings, data={"train": describe_split(train),
-                                                                 "test": describe_split(test)},
+        data = {"train": describe_split(train), "test": describe_split(test)}
+        if own is not train:
+            data["defense_train"] = describe_split(own)
+        self.settings = run_settings(config, job_settings, data=data,
                                      method_version=method_versions(cls, self.attack_config and attack_class(
                                          self.attack_config["attack"])))
         self.folder = defense_root(config) / (config["run_name"] or run_name(config, self.settings))
@@ -212,20 +228,21 @@ class DefenseJob(Job):
         folder, classifier, defense = run.folder, self.classifier, self.defense
         run.log(f"normalization inside the model: {config['normalization']} (mean {config['mean']}, std "
                 f"{config['std']})")
-        run.log(f"data: {self.train.source}; {len(self.data)} {'labelled' if cls.labelled else 'unlabeled'} images "
+        run.log(f"data: {self.defense_train.source}; {len(self.data)} {'labelled' if cls.labelled else 'unlabeled'} images "
                 f"for the defense")
         run.log(f"data: {test.source}; {len(test)} test images")
         if poisoned_test is None:
             run.log("no attack known for this model: ASR is not measured (pass --attack and --trigger for a "
                     "third-party model)")
-        original = ba_asr(classifier.to(device), test, poisoned_test, config["eval_batch_size"], device)
+        original, speed = timed_ba_asr(classifier.to(device), test, poisoned_test, config["eval_batch_size"], device)
+        speed = {"no_defense": speed}
         run.update_metrics(no_defense=original, attack=self.attack_config)
         run.log(f"no defense (original model): {format_metrics(original)}")
         final_seen = {}
 
         def evaluate(deployed, epoch: int, final: bool = False) -> dict:
             torch.manual_seed(config["seed"])  # random transforms (ShrinkPad, purifier noise) evaluate reproducibly
-            metrics = ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
+            metrics, speed["defended"] = timed_ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
             run.append_metric("evaluations", {"epoch": epoch, **metrics})
             run.log(f"{cls.name} after epoch {epoch}: {format_metrics(metrics)}")
             if final:
@@ -240,7 +257,7 @@ class DefenseJob(Job):
         final = final_seen.get("metrics")
         if final is None:  # a defense that evaluates nothing itself, or a run resumed after its last epoch
             torch.manual_seed(config["seed"])
-            final = ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
+            final, speed["defended"] = timed_ba_asr(deployed, test, poisoned_test, config["eval_batch_size"], device)
         deployed = deployed.cpu().eval()
         defense.write_outputs(deployed, folder)
         write_preview(folder / "preview.png", deployed, defense, test, poisoned_test, config["seed"])
@@ -248,7 +265,8 @@ class DefenseJob(Job):
                       attack=self.attack_config, trigger=self.trigger, source_model=config["model_path"],
                       final_metrics=final, detection=defense.detection)
         run.update_metrics(final=final, detection=defense.detection, parts=deployed.describe(),
-                           device=device_name(device), train_wall_seconds_this_call=round(time.time() - started, 1))
+                           device=device_name(device), train_wall_seconds_this_call=round(time.time() - started, 1),
+                           inference=speed)
         if defense.detection:
             run.log(f"{cls.name} detection: {json.dumps(defense.detection)[:300]}")
         return (f"no defense {format_metrics(original)} -> {cls.name} {format_metrics(final)}; defended model at "

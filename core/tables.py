@@ -78,6 +78,14 @@ def _reference_ba(metrics: dict | None, attack_metrics: dict | None):
     return None
 
 
+def _spread(column: str, final: dict) -> dict:
+    """The std over seeds and their count, for a cell averaged over seeds (compare.py --seeds); {} otherwise."""
+    if "seeds" not in final:
+        return {}
+    return {f"{column} BA std": final.get("BA_std"), f"{column} ASR std": final.get("ASR_std"),
+            f"{column} seeds": final["seeds"]}
+
+
 def table_rows(results, attacks=None, defenses=None) -> list[dict]:
     """One CSV-ready row per attack: ``attack``, ``No Defense BA/ASR`` and for each defense ``<D> BA``,
     ``<D> ASR`` and ``<D> failed`` (floats and bools as read; None for a missing cell).
@@ -87,13 +95,14 @@ def table_rows(results, attacks=None, defenses=None) -> list[dict]:
     for attack in _attacks(results, attacks):
         base = cells.get((attack, NO_DEFENSE))
         final = (base or {}).get("final") or {}
-        row = {"attack": attack, f"{NO_DEFENSE} BA": final.get("BA"), f"{NO_DEFENSE} ASR": final.get("ASR")}
+        row = {"attack": attack, f"{NO_DEFENSE} BA": final.get("BA"), f"{NO_DEFENSE} ASR": final.get("ASR"),
+               **_spread(NO_DEFENSE, final)}
         for defense in _defenses(results, defenses):
             metrics = cells.get((attack, defense))
             after = (metrics or {}).get("final") or {}
             verdict = failure(metrics, _reference_ba(metrics, base))
             row.update({f"{defense} BA": after.get("BA"), f"{defense} ASR": after.get("ASR"),
-                        f"{defense} failed": None if verdict is None else verdict["failed"]})
+                        f"{defense} failed": None if verdict is None else verdict["failed"], **_spread(defense, after)})
         rows.append(row)
     return rows
 
@@ -144,8 +153,10 @@ def _true_target(metrics: dict, attack_metrics: dict | None):
 
 # -- the comparison -----------------------------------------------------------------------------------------
 
-def _number(value, failed: bool = False) -> str:
-    return MISSING if value is None else f"{value:.2f}" + (FAILED_MARK if failed else "")
+def _number(value, failed: bool = False, std=None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else "") + (FAILED_MARK if failed else "")
 
 
 def _md_table(header: list[str], lines: list[list[str]], align: list[str]) -> list[str]:
@@ -167,8 +178,8 @@ def markdown(results, attacks=None, defenses=None, title: str = "", sources: dic
         for column in columns:
             metrics = cells.get((row["attack"], column))
             verdict = (failure(metrics, _reference_ba(metrics, base)) if column != NO_DEFENSE else None) or {}
-            line += [_number(row[f"{column} BA"], verdict.get("ba", False)),
-                     _number(row[f"{column} ASR"], verdict.get("asr", False))]
+            line += [_number(row[f"{column} BA"], verdict.get("ba", False), row.get(f"{column} BA std")),
+                     _number(row[f"{column} ASR"], verdict.get("asr", False), row.get(f"{column} ASR std"))]
         lines.append(line)
     text = ([f"# {title}", ""] if title else []) + _md_table(header, lines, ["---"] + ["---:"] * (len(header) - 1))
     text += ["", f"✗: the defense failed (ASR > {ASR_LIMIT:g} %, or BA more than {BA_DROP_LIMIT:g} points below "

@@ -198,7 +198,7 @@ def _load_script(name: str):
     return module
 
 
-SCRIPTS = {name: _load_script(name) for name in ("attack", "refine", "defend", "compare")}
+SCRIPTS = {name: _load_script(name) for name in ("attack", "refine", "defend", "compare", "reproduce")}
 
 
 def snapshot(*roots: Path) -> dict:

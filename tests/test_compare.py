@@ -206,3 +206,32 @@ def test_sweep_gives_one_column_per_value_and_table_only_finds_each(tmp_path, mo
         compare.main(["--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "pad_size=2,x"])
     with pytest.raises(UserError, match="SETTING=V1,V2"):
         compare.main(["--attacks", "BadNets", "--defenses", "ShrinkPad", "--sweep", "pad_size"])
+
+
+def test_several_sweeps_give_one_column_per_combination_for_the_defenses_that_have_them():
+    columns = core.compare.variants(["REFINE", "ShrinkPad", "FT"], ["lam=0.1,1", "unet_channels=16,32", "pad_size=2"])
+    labels = {label: overrides for label, _, overrides in columns}
+    assert list(labels) == ["REFINE lam=0.1 unet_channels=16", "REFINE lam=0.1 unet_channels=32",
+                            "REFINE lam=1 unet_channels=16", "REFINE lam=1 unet_channels=32",
+                            "ShrinkPad pad_size=2", "FT"]
+    assert labels["REFINE lam=1 unet_channels=32"] == {"lam": 1.0, "unet_channels": 32}  # typed by the declarations
+    assert core.compare.variants(["ShrinkPad"], "pad_size=0,3") == [  # one text, as before
+        ("ShrinkPad pad_size=0", "ShrinkPad", {"pad_size": 0}), ("ShrinkPad pad_size=3", "ShrinkPad", {"pad_size": 3})]
+    with pytest.raises(UserError, match="given twice"):
+        core.compare.variants(["ShrinkPad"], ["pad_size=0", "pad-size=2"])
+    with pytest.raises(UserError, match="not a valid value"):
+        core.compare.variants(["REFINE"], ["lam=0.1", "unet_channels=0"])
+
+
+def test_cells_over_seeds_show_mean_and_sample_std_and_a_missing_seed_counts_once_less():
+    by_seed = {0: [("BadNets", None, {"final": _final(80.0, 99.0)}), ("BadNets", "REFINE", _defense_run(70.0, 2.0))],
+               1: [("BadNets", None, {"final": _final(82.0, 100.0)}), ("BadNets", "REFINE", _defense_run(74.0, 4.0))],
+               2: [("BadNets", None, {"final": _final(84.0, 98.0)}), ("BadNets", "REFINE", None)]}
+    merged = {(a, d): m for a, d, m in core.compare.over_seeds(by_seed)}
+    base, refine = merged[("BadNets", None)]["final"], merged[("BadNets", "REFINE")]["final"]
+    assert (base["BA"], base["BA_std"], base["seeds"]) == (82.0, 2.0, 3)
+    assert (refine["BA"], refine["BA_std"], refine["ASR"], refine["seeds"]) == (72.0, 2.83, 3.0, 2)
+    text = markdown(core.compare.over_seeds(by_seed), defenses=["REFINE"])
+    assert "82.00 ± 2.00" in text and "72.00 ± 2.83" in text
+    row = table_rows(core.compare.over_seeds(by_seed), defenses=["REFINE"])[0]
+    assert row["REFINE BA std"] == 2.83 and row["REFINE seeds"] == 2
