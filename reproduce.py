@@ -6,6 +6,7 @@ the paper's numbers beside ours.
     python reproduce.py table6 --preset paper --device cuda # the paper's recipe
     python reproduce.py table3 --preset mini --table-only   # runs nothing: the finished runs of these settings
     python reproduce.py figure5                             # every attack's trigger on the same images (PNG)
+    python reproduce.py table9 --preset mini --defense-data-root ~/CINIC-10   # REFINE trained on CINIC-10
 
 Each item is a grid of attack.py / defend.py jobs (compare.py's job runs them: a finished run of the same settings
 is reused, an unfinished one resumed, a failed cell reported in one line). Writes <out-table>.md and .csv (ours,
@@ -30,6 +31,8 @@ def parse_args(argv=None):
     add_flags(p, {k: s for k, s in attack_job_settings().items() if k in SHARED and k not in ("dataset", "model")})
     p.add_argument("--attack-config", dest="attack_config", help="YAML options for every attack.py job")
     p.add_argument("--defense-config", dest="defense_config", help="YAML options for every defense job")
+    p.add_argument("--defense-data-root", dest="defense_data_root",
+                   help="the defender's images from another tree of the same classes (table9: CINIC-10's folder)")
     p.add_argument("--attack-dir", dest="attack_dir", help="root of attack.py outputs (default attack/)")
     p.add_argument("--defense-dir", dest="defense_dir",
                    help="root of the defense outputs (default defense_res/, REFINE: refine_res/)")

@@ -108,20 +108,23 @@ def _write(figure: Figure, out) -> Path:
 
 # -- curves ---------------------------------------------------------------------------------------------------
 
-def curves_figure(runs, out) -> Path:
+def curves_figure(runs, out, labels=None) -> Path:
     """BA and ASR (%) of each run at each evaluation epoch (``metrics.json``'s ``evaluations``), two panels, one
-    line per run; a defense run's model before the defense (``no_defense``) is a dashed line of its colour.
+    line per run (``labels``: their legend texts; default :func:`run_label`); a defense run's model before the
+    defense (``no_defense``) is a dashed line of its colour.
     ``runs``: run folders (unfinished ones too, as far as they got). Writes ``out`` (PNG, 1100×450 px)."""
     if not runs:
         raise UserError("curves needs at least one run folder")
+    if labels is not None and len(labels) != len(runs):
+        raise UserError(f"--labels gives {len(labels)} label(s) for {len(runs)} run(s); give one per run")
     series = []
-    for folder in runs:
+    for index, folder in enumerate(runs):
         metrics = read_metrics(folder)
         evaluations = metrics.get("evaluations") or []
         if not evaluations:
             raise UserError(f"{folder} has no evaluations in its metrics.json (nothing was evaluated yet: a run "
                             f"evaluates every --eval-every epochs)")
-        series.append((run_label(folder), metrics.get("no_defense"), evaluations))
+        series.append((labels[index] if labels else run_label(folder), metrics.get("no_defense"), evaluations))
     figure = _new_figure(PANELS_SIZE)
     panels = figure.subplots(1, 2, sharex=True)
     for index, (label, before, evaluations) in enumerate(series):
@@ -429,6 +432,8 @@ def parse_args(argv=None):
 
     c = commands.add_parser("curves", help="BA and ASR per evaluation epoch of one or more runs")
     c.add_argument("runs", nargs="+", metavar="RUN", help="run folders (attack/..., refine_res/..., defense_res/...)")
+    c.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run, in order (default: attack / "
+                                                                "defense / run folder)")
     _add_out(c, "curves.png in the current folder")
 
     t = commands.add_parser("triggers", help="every attack's test trigger on the same test images (Fig. 5)")
@@ -468,7 +473,7 @@ def main(argv=None):
     if args.figure == "curves":
         for run in args.runs:
             read_metrics(run)  # a missing run is refused before anything else
-        out = curves_figure(args.runs, _out_path(args, Path("curves.png")))
+        out = curves_figure(args.runs, _out_path(args, Path("curves.png")), getattr(args, "labels", None))
     elif args.figure == "shrinkpad":
         out = shrinkpad_figure(args.runs, _out_path(args, Path("shrinkpad.png")))
     elif args.figure == "triggers":

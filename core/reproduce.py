@@ -62,6 +62,7 @@ class Item:
     needs: str = ""  # not runnable yet: what is missing
     figure: Callable | None = None  # (item, results by grid, sources by grid, opts, stem) -> [paths]
     measures: tuple = ("BA", "ASR")  # keys of MEASURES: the table's numbers
+    given: str = ""  # a reproduce.py option the item needs (its value goes into the columns' overrides)
 
 
 ITEMS: dict[str, Item] = {}
@@ -206,7 +207,13 @@ def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list
     stem = Path(getattr(opts, "out_table", None) or f"results/reproduce/{item.name}_{preset}")
     run = table_only_results if getattr(opts, "table_only", False) else compare
     results_by_grid, sources_by_grid, failed = {}, {}, []
-    implemented = [(c.name, c.defense, dict(c.overrides)) for c in item.columns if c.defense is not None]
+    extra = {}
+    if item.given:
+        value = getattr(opts, item.given, None)
+        if not value:
+            raise UserError(f"{item.name} needs --{item.given.replace('_', '-')} (see `python reproduce.py --list`)")
+        extra = {item.given: value}
+    implemented = [(c.name, c.defense, {**c.overrides, **extra}) for c in item.columns if c.defense is not None]
     for dataset, model in (grids_to_run(item, opts, log) if item.attacks else []):
         grid_opts = argparse.Namespace(**{**vars(opts), "dataset": dataset, "model": model,
                                           "attacks": list(item.attacks), "columns": implemented})
@@ -245,6 +252,7 @@ def listing() -> str:
         columns = ", ".join(c.name for c in item.columns)
         runs = (f"{len(item.attacks)} attack(s) [{', '.join(item.attacks)}] × [{columns}] on {grids}"
                 if item.attacks else "no training runs")
+        runs += f"; needs --{item.given.replace('_', '-')}" if item.given else ""
         lines.append(f"{item.name:9s} {item.summary}\n{'':9s} runs: {runs}" +
                      (f"\n{'':9s} NOT YET: {item.needs}" if item.needs else ""))
     return "\n".join(lines)
@@ -325,8 +333,10 @@ register(Item("table7", "REFINE with the contrastive loss's weight λ from 1.0 t
               tuple(Column("REFINE", {"lam": v}) for v in (1.0, 0.8, 0.6, 0.4, 0.2))))
 register(Item("table8", "REFINE with 32 to 80 channels in the UNet's first layer", "table8", ("BadNets",),
               tuple(Column("REFINE", {"unet_channels": c}) for c in (32, 48, 64, 80))))
-register(Item("table9", "REFINE trained on another distribution's images (CINIC-10)", "table9",
-              needs="--defense-data-root (issue 24, item 3) is not built yet"))
+register(Item("table9", "REFINE trained on another distribution's images (CINIC-10: --defense-data-root TREE)",
+              "table9", ("BadNets",),
+              (Column("REFINE", paper={"defense": "REFINE", "defender_data": "CINIC10"},
+                      label="REFINE on --defense-data-root"),), given="defense_data_root"))
 register(Item("table10", "REFINE against traditional model reprogramming (T-MR)", "table10",
               ("BadNets", "WaNet", "Adaptive"), (Column("T-MR"), Column("REFINE"))))
 register(Item("table11", "black-box REFINE through a distilled surrogate", "table11",

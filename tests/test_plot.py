@@ -86,6 +86,19 @@ def test_curves_draws_defense_and_attack_runs(tmp_path, capsys):
     assert not list(out.parent.glob(".*.tmp"))  # written atomically: no temporary file left
 
 
+def test_curves_takes_one_legend_label_per_run(tmp_path, capsys, monkeypatch):
+    from matplotlib.axes import Axes
+    runs = [write_run(tmp_path / name, {"defense": "REFINE"}, [evaluation(2, 40.0, 5.0)], final=evaluation(2, 40.0, 5.0))
+            for name in ("a", "b")]
+    seen, original = [], Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: seen.append(k.get("label")) or original(self, *a, **k))
+    code, _, err = run_plot(["curves", *runs, "--labels", "CE", "distill", "--out", tmp_path / "c.png"], capsys)
+    assert code == 0, err
+    assert seen == ["CE", "CE", "distill", "distill"]  # BA and ASR panel of each run, in the runs' order
+    code, _, err = run_plot(["curves", *runs, "--labels", "one", "--out", tmp_path / "d.png"], capsys)
+    assert code == 2 and "one per run" in err and not (tmp_path / "d.png").exists()
+
+
 def test_shrinkpad_one_point_per_pad_size(tmp_path, capsys):
     root = tmp_path / "defense_res" / "ShrinkPad"
     for pad, ba, asr in ((0, 80.0, 99.0), (2, 70.0, 20.0), (4, 60.0, 10.0)):
