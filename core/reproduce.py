@@ -339,8 +339,10 @@ register(Item("table9", "REFINE trained on another distribution's images (CINIC-
                       label="REFINE on --defense-data-root"),), given="defense_data_root"))
 register(Item("table10", "REFINE against traditional model reprogramming (T-MR)", "table10",
               ("BadNets", "WaNet", "Adaptive"), (Column("T-MR"), Column("REFINE"))))
-register(Item("table11", "black-box REFINE through a distilled surrogate", "table11",
-              needs="the black-box setting (issue 24, item 2) is not built yet"))
+register(Item("table11", "black-box REFINE: a ResNet-18 surrogate distilled from a ResNet-50's probabilities "
+              "(the surrogate's own BA/ASR: each run's metrics.json, `report`)", "table11", SEVEN_ATTACKS,
+              (Column("REFINE-BB", paper={"defense": "REFINE", "role": "black-box"}),),
+              grids=(("CIFAR10", "ResNet50"),)))
 register(Item("table12", "overhead: the time each defense takes to train, and its inference time", "table12",
               ("BadNets",), (Column("BTI-DBF-P"), Column("REFINE", paper={"defense": "REFINE", "unet_channels": 32})),
               measures=("train minutes", "inference s / 10k images")))

@@ -251,7 +251,8 @@ class DefenseJob(Job):
 
         ctx = FitContext(device=device, seed=config["seed"], amp=config["amp"], log=run.log, work_dir=folder,
                          fingerprint=self.settings, evaluate=evaluate, eval_every=config["eval_every"],
-                         compile=config["compile"], fused=config["fused"])
+                         compile=config["compile"], fused=config["fused"],
+                         measure=lambda model: ba_asr(model, test, poisoned_test, config["eval_batch_size"], device))
         started = time.time()
         deployed = defense.fit(classifier, self.data, ctx)
         final = final_seen.get("metrics")
@@ -264,7 +265,7 @@ class DefenseJob(Job):
         save_deployed(folder / "defended_model.pth", deployed, defense=cls.name, dataset=config["dataset"],
                       attack=self.attack_config, trigger=self.trigger, source_model=config["model_path"],
                       final_metrics=final, detection=defense.detection)
-        run.update_metrics(final=final, detection=defense.detection, parts=deployed.describe(),
+        run.update_metrics(final=final, detection=defense.detection, parts=deployed.describe(), report=defense.report,
                            device=device_name(device), train_wall_seconds_this_call=round(time.time() - started, 1),
                            inference=speed)
         if defense.detection:

@@ -11,6 +11,7 @@ from .base import DEFENSES, Defense, FitContext, frozen_copy, register_defense
 
 import_all(__name__, __path__)
 
+from .blackbox import BlackBoxModel, BlackBoxRefine  # noqa: E402
 from .bti_dbf import BTIDBFPurify, BTIDBFUnlearn  # noqa: E402  (the classes, for use from Python)
 from .finetune import FineTuning, FineTuningRefine  # noqa: E402
 from .neural_cleanse import NeuralCleanseDefense  # noqa: E402
@@ -27,7 +28,7 @@ def defense_class(name: str) -> type[Defense]:
     return DEFENSES.get(name)
 
 
-__all__ = ["DEFENSES", "BTIDBFPurify", "BTIDBFUnlearn", "Defense", "DeployedModel", "FineTuning",
+__all__ = ["DEFENSES", "BlackBoxModel", "BlackBoxRefine", "BTIDBFPurify", "BTIDBFUnlearn", "Defense", "DeployedModel", "FineTuning",
            "FineTuningRefine", "FitContext", "LabelRemap", "NeuralCleanseDefense", "Purifier", "REFINE",
            "RefineDefense", "ShrinkPad", "ShrinkPadDefense", "TMR", "UniversalPerturbation", "defense_class",
            "frozen_copy", "load_deployed", "random_derangement", "register_defense", "register_part", "save_deployed"]

@@ -37,7 +37,8 @@ class FitContext:
     """How a defense runs, as opposed to what it computes: device, seed, mixed precision, logging, where to
     keep resumable state (``work_dir``; None: not resumable), what must match for a resume (``fingerprint``),
     an evaluation callback ``evaluate(deployed, epoch, final=False) -> metrics`` for defenses trained over
-    epochs (``final``: this is the model fit() returns, so the job need not evaluate it again), and
+    epochs (``final``: this is the model fit() returns, so the job need not evaluate it again),
+    ``measure(model)`` for a defense that reports other models' BA/ASR too (REFINE-BB's surrogate), and
     the speed switches (``compile``, ``fused``) for those that support them."""
 
     device: torch.device | str = "cpu"
@@ -50,6 +51,7 @@ class FitContext:
     eval_every: int = 10
     compile: bool = False
     fused: bool = False
+    measure: Callable[..., dict] | None = None  # measure(model) -> BA/ASR on the run's test sets, nothing logged
 
     def state_path(self, name: str) -> Path | None:
         """Where the resumable state ``name`` lives: ``<work_dir>/state/<name>`` (the job discards ``state/``
@@ -88,6 +90,7 @@ class Defense:
     def __init__(self, **values):
         self.values = with_defaults(self.settings, values, self.name)
         self.detection: dict = {}  # filled by fit() for defenses that also detect (target class, anomaly index)
+        self.report: dict = {}  # further measurements fit() makes (REFINE-BB: the surrogate's BA/ASR): metrics.json
 
     def fit(self, model: Classifier, data: Split, ctx: FitContext) -> DeployedModel:
         """Builds the defense from ``model`` (a :class:`Classifier`, images in [0, 1]; not modified) and the
