@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .tables import MISSING, NO_DEFENSE, _md_table, write_csv
+from .tables import MISSING, NO_DEFENSE, md_table, write_csv
 
 SEVEN_ATTACKS = ("BadNets", "Blended", "WaNet", "Physical", "BATT", "LC", "Adaptive")
 
@@ -170,7 +170,7 @@ def markdown(item: Item, rows: list[dict], preset: str) -> str:
             cells += [_shown(r[measure], r["implemented"]), _shown(r[f"{measure} paper"]),
                       _shown(r[f"{measure} diff"], r["implemented"])]
         body.append(cells)
-    lines += _md_table(header, body, ["---"] * 3 + ["---:"] * (3 * len(item.measures)))
+    lines += md_table(header, body, ["---"] * 3 + ["---:"] * (3 * len(item.measures)))
     return "\n".join(lines) + "\n"
 
 

@@ -159,7 +159,7 @@ def _number(value, failed: bool = False, std=None) -> str:
     return f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else "") + (FAILED_MARK if failed else "")
 
 
-def _md_table(header: list[str], lines: list[list[str]], align: list[str]) -> list[str]:
+def md_table(header: list[str], lines: list[list[str]], align: list[str]) -> list[str]:
     body = ["| " + " | ".join(cells) + " |" for cells in lines]
     return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + body
 
@@ -181,13 +181,13 @@ def markdown(results, attacks=None, defenses=None, title: str = "", sources: dic
             line += [_number(row[f"{column} BA"], verdict.get("ba", False), row.get(f"{column} BA std")),
                      _number(row[f"{column} ASR"], verdict.get("asr", False), row.get(f"{column} ASR std"))]
         lines.append(line)
-    text = ([f"# {title}", ""] if title else []) + _md_table(header, lines, ["---"] + ["---:"] * (len(header) - 1))
+    text = ([f"# {title}", ""] if title else []) + md_table(header, lines, ["---"] + ["---:"] * (len(header) - 1))
     text += ["", f"✗: the defense failed (ASR > {ASR_LIMIT:g} %, or BA more than {BA_DROP_LIMIT:g} points below "
                  f"the BA without defense). {MISSING}: no finished run."]
     detections = detection_rows(results, attacks, defenses)
     if detections:
         text += ["", "## Detection (target class)", ""]
-        text += _md_table(["Attack", "Defense", "True target", "Detected target", "Flagged", "Correct"],
+        text += md_table(["Attack", "Defense", "True target", "Detected target", "Flagged", "Correct"],
                           [[r["attack"], r["defense"], _plain(r["true target"]), _plain(r["detected target"]),
                             _plain(r["flagged"]), _plain(r["correct"])] for r in detections],
                           ["---", "---", "---:", "---:", "---", "---"])
@@ -293,7 +293,7 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
         return "no finished runs found"
     keys = [k for k in rows[0] if k != "run"] + (["run"] if "run" in rows[0] else [])
     if markdown:
-        return "\n".join(_md_table(keys, [[r[k] for k in keys] for r in rows], ["---"] * len(keys)))
+        return "\n".join(md_table(keys, [[r[k] for k in keys] for r in rows], ["---"] * len(keys)))
     widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
     lines += ["  ".join(r[k].ljust(widths[k]) for k in keys) for r in rows]
