@@ -124,21 +124,21 @@ def refusal(fn, argv):
 
 def interrupted(fn, argv, module, calls):
     # stops in the evaluation after epoch 2, so the state of epoch 1 stays saved
-    real, count = module.ba_asr, []
+    real, count = module.timed_ba_asr, []
 
     def stop(*args, **kwargs):
         count.append(1)
         if len(count) == calls:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    module.ba_asr = stop
+    module.timed_ba_asr = stop
     try:
         fn(argv)
         return False
     except KeyboardInterrupt:
         return True
     finally:
-        module.ba_asr = real
+        module.timed_ba_asr = real
 
 
 seen["attack_help"] = printed(attack.main, ["--help"])

@@ -127,8 +127,9 @@ def test_fit_averages_the_parts_and_sets_modes_by_name():
 
 
 def test_defense_names_and_aliases():
-    assert set(DEFENSES) == {"REFINE", "BTI-DBF-P", "BTI-DBF-U", "NC", "ShrinkPad", "T-MR", "FT", "FT+REFINE"}
+    assert set(DEFENSES) == {"REFINE", "BTI-DBF-P", "BTI-DBF-U", "NC", "ShrinkPad", "T-MR", "FT", "FT+REFINE", "REFINE-BB"}
     assert defense_class("BTI-DBF(P)") is BTIDBFPurify and defense_class("tmr") is TMR
+    assert defense_class("blackbox-refine").name == "REFINE-BB"
     with pytest.raises(UserError, match="unknown defense 'Magic'; choose one of REFINE"):
         defense_class("Magic")
 
