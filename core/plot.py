@@ -106,6 +106,19 @@ def _write(figure: Figure, out) -> Path:
     return Path(out)
 
 
+def _finish_panels(figure: Figure, panels, xlabel: str, title_suffix: str, suptitle: str, out) -> Path:
+    """Labels the BA and ASR panels of ``figure`` (percent axes, integer ticks, legends) and writes it."""
+    for axes, key, name in zip(panels, ("BA", "ASR"), ("benign accuracy", "attack success rate")):
+        _percent_axes(axes, f"{key} (%)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel(xlabel)
+        axes.set_title(f"{name} ({key}){title_suffix}")
+        axes.legend(fontsize=7, loc="best")
+    figure.suptitle(suptitle)
+    figure.tight_layout()
+    return _write(figure, out)
+
+
 # -- curves ---------------------------------------------------------------------------------------------------
 
 def curves_figure(runs, out, labels=None) -> Path:
@@ -135,15 +148,8 @@ def curves_figure(runs, out, labels=None) -> Path:
             if before and before.get(key) is not None:
                 axes.axhline(before[key], color=colour, linestyle="--", linewidth=1,
                              label=f"{label}: no defense")
-    for axes, key, name in zip(panels, ("BA", "ASR"), ("benign accuracy", "attack success rate")):
-        _percent_axes(axes, f"{key} (%)")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_xlabel("epoch")
-        axes.set_title(f"{name} ({key}) per evaluation")
-        axes.legend(fontsize=7, loc="best")
-    figure.suptitle("BA and ASR during training (dashed: the model before the defense)")
-    figure.tight_layout()
-    return _write(figure, out)
+    return _finish_panels(figure, panels, "epoch", " per evaluation",
+                          "BA and ASR during training (dashed: the model before the defense)", out)
 
 
 # -- shrinkpad ------------------------------------------------------------------------------------------------
@@ -192,15 +198,8 @@ def shrinkpad_figure(roots, out) -> Path:
             axes.plot(pads, [final.get(key) for _, final, _ in points], marker="o", color=colour, label=label)
             if before and before.get(key) is not None:
                 axes.axhline(before[key], color=colour, linestyle="--", linewidth=1, label=f"{label}: no defense")
-    for axes, key, name in zip(panels, ("BA", "ASR"), ("benign accuracy", "attack success rate")):
-        _percent_axes(axes, f"{key} (%)")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_xlabel("pad size S (pixels)")
-        axes.set_title(f"{name} ({key})")
-        axes.legend(fontsize=7, loc="best")
-    figure.suptitle("ShrinkPad: BA and ASR against the pad size (dashed: no defense)")
-    figure.tight_layout()
-    return _write(figure, out)
+    return _finish_panels(figure, panels, "pad size S (pixels)", "",
+                          "ShrinkPad: BA and ASR against the pad size (dashed: no defense)", out)
 
 
 # -- image grids ----------------------------------------------------------------------------------------------
