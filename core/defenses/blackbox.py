@@ -18,6 +18,7 @@ from ..augment import AUGMENTATIONS
 from ..checks import choice, integer, learning_rate
 from ..data import Split
 from ..models import MODEL_NAMES, Classifier, build_classifier
+from ..runlog import format_metrics
 from ..settings import Setting
 from ..train import EpochState, fit, lr_factor, make_optimizer
 from .base import FitContext, frozen_copy, register_defense
@@ -128,7 +129,7 @@ class BlackBoxRefine(RefineDefense):
         surrogate = distil_surrogate(black_box, surrogate, data.images, self.values, ctx)
         if ctx.measure:
             self.report["surrogate"] = {"no_defense": ctx.measure(surrogate)}
-            ctx.log(f"REFINE-BB: surrogate before REFINE: {_short(self.report['surrogate']['no_defense'])}")
+            ctx.log(f"REFINE-BB: surrogate before REFINE: {format_metrics(self.report['surrogate']['no_defense'])}")
         ctx.log("REFINE-BB: REFINE through the surrogate (the evaluations during training are of T and M around "
                 "the surrogate)")
         quiet = replace(ctx, evaluate=(lambda deployed, epoch, final=False: ctx.evaluate(deployed, epoch))
@@ -136,10 +137,6 @@ class BlackBoxRefine(RefineDefense):
         on_surrogate = super().fit(surrogate, data, quiet)
         if ctx.measure:
             self.report["surrogate"]["REFINE"] = ctx.measure(on_surrogate)
-            ctx.log(f"REFINE-BB: surrogate after REFINE: {_short(self.report['surrogate']['REFINE'])}")
+            ctx.log(f"REFINE-BB: surrogate after REFINE: {format_metrics(self.report['surrogate']['REFINE'])}")
         return DeployedModel(frozen_copy(model, ctx.device), on_surrogate.transform, on_surrogate.output_map)
 
-
-def _short(metrics: dict) -> str:
-    asr = f", ASR {metrics['ASR']:.2f}" if metrics.get("ASR") is not None else ""
-    return f"BA {metrics['BA']:.2f}{asr}"
