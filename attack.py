@@ -12,6 +12,7 @@ again to resume an interrupted run; a finished one is reported, not retrained.
 from core.cli import add_layers, main_guard, new_parser, starting
 
 with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
+    from core.adaptive_attack import refuse_stray_flags
     from core.attacks import ATTACKS
     from core.config import resolve
     from core.run_attack import attack_job_settings, run_attack
@@ -30,6 +31,7 @@ def main(argv=None):
     args = parse_args(argv)
     if "preset" not in args:
         args.preset = "paper"
+    refuse_stray_flags(vars(args))
     run_attack(resolve("attack", defaults(attack_job_settings()), args))
 
 

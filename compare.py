@@ -30,7 +30,11 @@ with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
 
 def parse_args(argv=None):
     p = new_parser(__doc__.splitlines()[0])
-    p.add_argument("--attacks", nargs="+", required=True, help="attack names (rows of the table)")
+    p.add_argument("--attacks", nargs="+", required=True,
+                   help="attack names (rows of the table); <ATTACK>-adaptive: that attack's model fine-tuned by the "
+                        "adaptive attack (attack.py --adaptive-gamma; the paper's Table 4)")
+    p.add_argument("--adaptive-gamma", dest="adaptive_gamma", type=float,
+                   help="γ of the <ATTACK>-adaptive rows (default 1.0)")
     default = [name for name, cls in DEFENSES.items() if cls.compared_by_default]
     p.add_argument("--defenses", nargs="+", default=default,
                    help=f"defense names (columns), of {', '.join(DEFENSES)} (default {' '.join(default)})")

@@ -12,6 +12,7 @@ import itertools
 from pathlib import Path
 
 
+from .adaptive_attack import SUFFIX, split_name
 from .attacks import attack_class
 from .config import CONFIG_DIR, preset_path, resolve
 from .defenses import defense_class
@@ -43,10 +44,21 @@ def job_preset(task: str, preset: str | None) -> str | None:
     return preset
 
 
+def canonical_attack(attack: str) -> str:
+    """The registry name of an attack (``PhysicalBA`` -> ``Physical``), keeping the adaptive variant's suffix
+    (``BadNets-adaptive``: the model of attack.py's ``--adaptive-gamma``, core.adaptive_attack)."""
+    base, adaptive = split_name(attack)
+    return attack_class(base).name + (SUFFIX if adaptive else "")
+
+
 def attack_config(opts: argparse.Namespace, attack: str) -> dict:
     """attack.py's configuration for ``attack`` with the shared options (``attack_dir`` as its ``out``) and
-    ``attack_config`` as its --config."""
-    ns = argparse.Namespace(**{k: getattr(opts, k) for k in SHARED if k in opts}, attack=attack)
+    ``attack_config`` as its --config. ``<ATTACK>-adaptive`` is the adaptive attack of ``<ATTACK>`` with
+    ``opts.adaptive_gamma`` (default 1.0, the preset's fine-tuning)."""
+    base, adaptive = split_name(attack)
+    ns = argparse.Namespace(**{k: getattr(opts, k) for k in SHARED if k in opts}, attack=base)
+    if adaptive:
+        ns.adaptive_gamma = _given(opts, "adaptive_gamma") or 1.0
     ns.preset = job_preset("attack", _given(opts, "preset"))
     if "attack_dir" in opts:
         ns.out = opts.attack_dir
@@ -142,7 +154,7 @@ def plan(opts: argparse.Namespace) -> tuple[list[str], list[str], dict]:
     checked before anything runs: an unknown name, preset, option or swept value is one UserError.
     ``opts.columns``, when given, replaces ``opts.defenses`` and ``opts.sweep``.
     Returns (attacks, column labels, {(attack, label): config})."""
-    attacks = _ordered(attack_class(a).name for a in opts.attacks)
+    attacks = _ordered(canonical_attack(a) for a in opts.attacks)
     columns = _given(opts, "columns")  # reproduce.py's items name their columns: (label, defense, overrides)
     if columns is None:
         columns = variants(_ordered(defense_class(d).name for d in opts.defenses), _given(opts, "sweep"))
@@ -197,7 +209,7 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
                 f"{_summary(metrics)} (latest finished model, {path.parent})" if metrics else
                 "no finished model, skipped with its defenses (--skip-missing)"))
         else:
-            reference = attack_class(attack).reference_attack
+            reference = attack_class(split_name(attack)[0]).reference_attack
             if reference and reference not in attacks and not _reference_ready(config, reference):
                 log(f"[{step}/{total}] {attack} needs a {reference} model first: attack.py job of {reference}")
                 _run_cell(lambda: run_attack(attack_config(opts, reference)), reference, NO_DEFENSE, log, failed)
@@ -222,7 +234,8 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
 
 
 def _reference_ready(config: dict, reference: str) -> bool:
-    return latest_run(attack_root({**config, "attack": reference}), config.get("preset"), "model.pth") is not None
+    normal = {k: v for k, v in config.items() if not k.startswith("adaptive_")}  # the reference is a normal run
+    return latest_run(attack_root({**normal, "attack": reference}), config.get("preset"), "model.pth") is not None
 
 
 def _run_cell(job, attack: str, label: str, log, failed: list):

@@ -1,12 +1,14 @@
 """The job behind ``attack.py``: poison the data, train the classifier, evaluate, save everything."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from .adaptive_attack import ADAPTIVE, SUFFIX, AdaptiveAttack, adaptive_finetune, is_adaptive, without_adaptive
 from .attacks import ATTACKS, POISONING, attack_class, build_attack
 from .checkpoint import atomic_save, load_classifier, save_classifier
 from .checks import choice, integer, text
@@ -37,12 +39,15 @@ def attack_job_settings() -> dict[str, Setting]:
     return merge(RUN, {"out": Setting("attack", "output root", text(), "run")}, DATA,
                  {"train_size": Setting(None, "seeded, class-balanced training subset (default: the whole split)",
                                         integer(1, optional=True), "data")},
-                 MODEL, CLASSIFIER_RECIPE, poisoning, own)
+                 MODEL, CLASSIFIER_RECIPE, poisoning, own, ADAPTIVE)
 
 
 def attack_root(config: dict) -> Path:
-    """``<out>/<DATASET>/<MODEL>/<ATTACK>``: holds one folder per run (see core.runlog) and the ``latest`` pointers."""
-    return Path(config["out"]) / config["dataset"] / config["model"] / config["attack"]
+    """``<out>/<DATASET>/<MODEL>/<ATTACK>``: holds one folder per run (see core.runlog) and the ``latest`` pointers;
+    ``<ATTACK>-adaptive`` for the adaptive attack (core.adaptive_attack), whose models never become the normal
+    attack's ``latest``."""
+    name = config["attack"] + (SUFFIX if is_adaptive(config) else "")
+    return Path(config["out"]) / config["dataset"] / config["model"] / name
 
 
 def load_data(config: dict, log, deferred_writes: list | None = None):
@@ -99,6 +104,12 @@ class AttackJob(Job):
     def plan(self) -> None:
         job_settings = attack_job_settings()
         config, device = checked_config(self.config, job_settings, folders=("data_root", "out"))
+        # the adaptive attack fine-tunes the model of the normal attack of the same settings: that run's job
+        self.normal = AttackJob(without_adaptive(self.config)) if is_adaptive(config) else None
+        if self.normal is None:
+            config, job_settings = without_adaptive(config), without_adaptive(job_settings)
+        else:
+            self.normal.plan()  # its checks and its folder, before anything is written
         self.device = device
         num_classes, image_size = dataset_info(config["dataset"])
         config = {**config, **resolve_normalization(config["normalization"], config.get("mean"), config.get("std"))}
@@ -128,11 +139,18 @@ class AttackJob(Job):
         self.settings = run_settings(config, job_settings, data={"train": describe_split(self.train),
                                                                  "test": describe_split(self.test)},
                                      trigger_sha256=tensors_sha256(attack.trigger_tensors()),
-                                     method_version=method_versions(cls))
+                                     method_version=method_versions(cls, *self.adaptive_methods()))
         self.folder = attack_root(config) / run_name(config, self.settings)
         self.product = "model.pth"
         self.header = (f"attack.py: {config['attack']} on {config['dataset']} / {config['model']} (width "
                        f"{config['width']}), device {device}, output {self.folder}")
+
+    def adaptive_methods(self) -> tuple:
+        """The code the adaptive fine-tuning runs besides the attack's (none for the normal attack)."""
+        if self.normal is None:
+            return ()
+        from .defenses import defense_class  # noqa: PLC0415 - the defenses import this module's neighbours
+        return AdaptiveAttack, defense_class("REFINE")
 
     def execute(self, run: RunLog) -> str:
         config, attack, model, train, test, device = (self.config, self.attack, self.model, self.train, self.test,
@@ -157,22 +175,57 @@ class AttackJob(Job):
             run.log(f"eval after epoch {epoch}: {format_metrics(metrics)}")
             return metrics
 
-        train_classifier(model, poisoned_train, **{k: config[k] for k in CLASSIFIER_RECIPE}, device=device,
-                         amp=config["amp"], seed=config["seed"], state_path=folder / STATE_DIR / "train_state.pth",
-                         fingerprint=self.settings, evaluate=evaluate, eval_every=config["eval_every"], log=run.log,
-                         **attack.hook_arguments(plan, len(train)),
-                         compile=config["compile"], fused=config["fused"])
-        done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == config["epochs"]]
-        final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(config["epochs"])
+        extra_meta = {}
+        if self.normal is None:
+            train_classifier(model, poisoned_train, **{k: config[k] for k in CLASSIFIER_RECIPE}, device=device,
+                             amp=config["amp"], seed=config["seed"], state_path=folder / STATE_DIR / "train_state.pth",
+                             fingerprint=self.settings, evaluate=evaluate, eval_every=config["eval_every"],
+                             log=run.log, **attack.hook_arguments(plan, len(train)),
+                             compile=config["compile"], fused=config["fused"])
+            last_epoch = config["epochs"]
+        else:
+            extra_meta = self.fine_tune_adaptively(run, poisoned_train, plan, evaluate)
+            last_epoch = config["adaptive_epochs"]
+        done = [e for e in run.metrics.get("evaluations", []) if e["epoch"] == last_epoch]
+        final = {k: v for k, v in done[-1].items() if k != "epoch"} if done else evaluate(last_epoch)
         save_classifier(folder / "model.pth", model.cpu(), attack=attack.config(), trigger=attack.trigger_tensors(),
-                        dataset=config["dataset"], data=train.source, final_metrics=final)
+                        dataset=config["dataset"], data=train.source, final_metrics=final, **extra_meta)
         run.update_metrics(final=final, attack=attack.config(), data=train.source, device=device_name(device),
-                           train_wall_seconds_this_call=round(time.time() - started, 1), inference=speed)
+                           train_wall_seconds_this_call=round(time.time() - started, 1), inference=speed,
+                           **extra_meta)
         if final.get("ASR", 100.0) < 50:
             run.log(f"warning: ASR is only {final['ASR']:.2f}%: the backdoor did not take, so a defense has nothing to "
                     f"remove; train longer (--epochs) or on more data (the embedded sample needs more epochs than the "
                     f"full CIFAR-10)")
         return f"{format_metrics(final)}; model at {folder / 'model.pth'}"
+
+
+    def fine_tune_adaptively(self, run: RunLog, poisoned_train, plan, evaluate) -> dict:
+        """The adaptive attack (core.adaptive_attack): the normal attack's model (trained first when it has no
+        finished run), fine-tuned by L_b + γ·L_refine. Returns what model.pth and metrics.json record of it."""
+        config = self.config
+        normal_folder = run_job(self.normal)
+        run.log(f"adaptive attack: fine-tuning the model of {normal_folder} (γ {config['adaptive_gamma']}, "
+                f"{config['adaptive_epochs']} epochs at lr {config['adaptive_lr']})")
+        path = normal_folder / "model.pth"
+        normal, _ = load_classifier(path, config["model"], config["dataset"], self.model.spec["num_classes"])
+        start_from(self.model, normal, path)
+        normal_metrics = json.loads((normal_folder / "metrics.json").read_text())["final"]
+
+        def record(epoch: int, means: dict) -> None:
+            run.append_metric("adaptive_losses", {"epoch": epoch, **means})
+
+        adaptive_finetune(self.model, poisoned_train, gamma=config["adaptive_gamma"], epochs=config["adaptive_epochs"],
+                          lr=config["adaptive_lr"], unet_channels=config["adaptive_unet_channels"],
+                          batch_size=config["batch_size"], momentum=config["momentum"],
+                          weight_decay=config["weight_decay"], augment=config["augment"], device=self.device,
+                          amp=config["amp"], seed=config["seed"],
+                          **self.attack.hook_arguments(plan, len(poisoned_train)),
+                          state_path=run.folder / STATE_DIR / "adaptive_state.pth", fingerprint=self.settings,
+                          evaluate=evaluate, on_epoch_end=record, log=run.log)
+        return {"adaptive": {"gamma": config["adaptive_gamma"], "epochs": config["adaptive_epochs"],
+                             "lr": config["adaptive_lr"], "unet_channels": config["adaptive_unet_channels"],
+                             "normal_model": str(path), "normal_final": normal_metrics}}
 
 
 def run_attack(config: dict) -> Path:

@@ -519,6 +519,22 @@ def fit(
     return means
 
 
+def classifier_batches(augment: str, layout, batch_hook: Callable | None = None, hook_after_augment: bool = False):
+    """The ``prepare`` step of :func:`fit` for a classifier's training batches: the attack's per-batch hook
+    (``batch_hook(x, roles, generator)``, before the augmentation or after it with ``hook_after_augment``) and the
+    named augmentation, each from its own random stream of the epoch; the batch in the device's memory ``layout``."""
+    augment_fn = AUGMENTATIONS[augment]
+
+    def prepare(x, y, batch_roles, rng):
+        if batch_hook is not None and not hook_after_augment:
+            x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
+        x = augment_fn(x, generator=rng("augment"))
+        if batch_hook is not None and hook_after_augment:
+            x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
+        return x.contiguous(memory_format=layout)
+    return prepare
+
+
 def train_classifier(
     model: nn.Module,
     train: Split,
@@ -564,15 +580,7 @@ def train_classifier(
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay, fused=fused)
     if batch_hook is not None and roles is None:
         raise ValueError("batch_hook needs the roles of the training samples")
-    augment_fn = AUGMENTATIONS[augment]
-
-    def prepare(x, y, batch_roles, rng):
-        if batch_hook is not None and not hook_after_augment:
-            x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
-        x = augment_fn(x, generator=rng("augment"))
-        if batch_hook is not None and hook_after_augment:
-            x = batch_hook(x, batch_roles, generator=rng("attack-hook"))
-        return x.contiguous(memory_format=layout)
+    prepare = classifier_batches(augment, layout, batch_hook, hook_after_augment)
 
     def loss_fn(x, y, mods):
         logits = mods["model"](x)

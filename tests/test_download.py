@@ -5,8 +5,6 @@ import http.server
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -19,8 +17,8 @@ import yaml
 from core.data import CIFAR10_CLASSES, load_split
 from core.download import ensure_data
 from core.errors import UserError
+from conftest import run_main
 
-ROOT = Path(__file__).resolve().parent.parent
 
 try:  # skip, with the reason, where torchvision is missing or built for another torch
     import torchvision.datasets  # noqa: F401
@@ -131,24 +129,23 @@ def only_run(out: Path) -> Path:
     return logs[0].parent
 
 
-def run_cli(*args, env):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-
-
-def test_cli_download_then_attack_then_refine_without_second_download(server, tmp_path):
+def test_cli_download_then_attack_then_refine_without_second_download(server, tmp_path, monkeypatch, capsys):
+    # in this process (the scripts' main, as their __main__ runs it): three interpreter starts cost more than the runs
     url, md5, _ = server
-    env = {**os.environ, "REFINE_CIFAR10_URL": url, "REFINE_CIFAR10_MD5": md5}
+    monkeypatch.setenv("REFINE_CIFAR10_URL", url)
+    monkeypatch.setenv("REFINE_CIFAR10_MD5", "0" * 32)
     data = tmp_path / "data"
     common = ["--dataset", "CIFAR10", "--download", "--data-root", str(data), "--preset", "mini", "--test-size", "20"]
-    r = run_cli("attack.py", "--attack", "BadNets", "--out", str(tmp_path / "attack"), *common,
-                env={**env, "REFINE_CIFAR10_MD5": "0" * 32})
-    lines = r.stderr.strip().splitlines()  # torchvision's progress bar, then the error as one line
-    assert r.returncode == 2 and lines[-1].startswith("error: downloaded CIFAR-10 archive failed its checksum"), r.stderr
+    code, _, err = run_main("attack", ["--attack", "BadNets", "--out", str(tmp_path / "attack"), *common], capsys)
+    lines = err.strip().splitlines()  # torchvision's progress bar, then the error as one line
+    assert code == 2 and lines[-1].startswith("error: downloaded CIFAR-10 archive failed its checksum"), err
     assert sum(line.startswith("error:") for line in lines) == 1
     assert not data.exists() and not (tmp_path / "attack").exists()  # nothing kept, nothing written
-    r = run_cli("attack.py", "--attack", "BadNets", "--out", str(tmp_path / "attack"), "--epochs", "1", "--width", "4",
-                "--batch-size", "50", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", *common, env=env)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("REFINE_CIFAR10_MD5", md5)
+    code, _, err = run_main("attack", ["--attack", "BadNets", "--out", str(tmp_path / "attack"), "--epochs", "1",
+                                       "--width", "4", "--batch-size", "50", "--mean", "0.5,0.5,0.5", "--std",
+                                       "0.25,0.25,0.25", *common], capsys)
+    assert code == 0, err
     folder = only_run(tmp_path / "attack")
     log = (folder / "log.txt").read_text()
     assert f"downloading CIFAR-10 from {url}" in log and "downloaded CIFAR-10 (md5 verified)" in log
@@ -157,10 +154,10 @@ def test_cli_download_then_attack_then_refine_without_second_download(server, tm
     config = yaml.safe_load((folder / "config.yaml").read_text())["train"]  # the explicit normalization is recorded
     assert (config["normalization"], config["mean"], config["std"]) == ("custom", [0.5] * 3, [0.25] * 3)
 
-    r = run_cli("refine.py", "--attack", "BadNets", "--attack-dir", str(tmp_path / "attack"), "--out",
-                str(tmp_path / "refine"), "--epochs", "1", "--unet-channels", "4", "--compile", "false", *common,
-                env=env)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main("refine", ["--attack", "BadNets", "--attack-dir", str(tmp_path / "attack"), "--out",
+                                       str(tmp_path / "refine"), "--epochs", "1", "--unet-channels", "4", "--compile",
+                                       "false", *common], capsys)
+    assert code == 0, err
     run = only_run(tmp_path / "refine")
     log = (run / "log.txt").read_text()
     assert "CIFAR10 already present" in log and "downloading" not in log

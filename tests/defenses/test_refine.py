@@ -134,8 +134,10 @@ def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(toy_bac
     frozen = {k: v.clone() for k, v in model.state_dict().items()}  # weights and BN buffers
     torch.manual_seed(0)
     defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
+    logs = []  # pseudo-labels once from the clean images (the other training tests take them per augmented batch)
     defense.train(train.images, epochs=10, batch_size=32, lr=5e-3, optimizer="Adam", weight_decay=0,
-                  schedule="onecycle", log=lambda m: None)
+                  schedule="onecycle", pseudo_labels="clean", log=logs.append)
+    assert any(f"pseudo-labels of the {len(train)} clean images" in line for line in logs)
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), f"REFINE changed F's {k}"
     after = defense.test(test, poisoned)
@@ -184,7 +186,7 @@ def test_unet_starts_inside_the_clamp_range_and_passes_gradients():
         assert (unet.eval()(x[:1]) - unet(x[1:2])).abs().max() > 1e-3, "T(x) must start input-dependent"
 
 
-@pytest.mark.parametrize("seed", seeds(0, 3))
+@pytest.mark.parametrize("seed", seeds(3))
 def test_the_papers_sgd_recipe_trains_the_transform(toy_backdoor, seed):
     # The other tests train with Adam; this one runs the paper's optimizer (SGD, momentum 0.9, weight decay
     # 5e-4). (It does not catch the zero-weight start that trapped SGD on real CIFAR-10 — this tiny problem
@@ -220,19 +222,6 @@ def test_given_pseudo_labels_are_the_ones_trained_on():
         expected = remapped_loss(defense.remap(model(defense.unet(x))), wrong, defense.loss)
         loss, parts = defense.losses(x, wrong)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-
-
-def test_refine_with_clean_pseudo_labels_lowers_asr(toy_backdoor):
-    model, train, test = toy_backdoor.model, toy_backdoor.train, toy_backdoor.test
-    poisoned = toy_backdoor.poisoned_test
-    torch.manual_seed(0)
-    defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
-    logs = []
-    defense.train(train.images, epochs=10, batch_size=32, lr=5e-3, optimizer="Adam", weight_decay=0,
-                  schedule="onecycle", pseudo_labels="clean", log=logs.append)
-    assert any(f"pseudo-labels of the {len(train)} clean images" in line for line in logs)
-    after = defense.test(test, poisoned)
-    assert after["ASR"] < 40 and after["BA"] > 45, after
 
 
 class _Brightness(torch.nn.Module):

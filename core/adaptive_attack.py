@@ -1,0 +1,139 @@
+"""The adaptive attack of the paper's Section 5.4 (Eq. 10, Table 4): an attacker who knows REFINE fine-tunes the
+backdoored model F so that REFINE's own loss is already low when the defender arrives::
+
+    min_F  L_b(F) + γ · L_refine(F, T_a, M_a)
+
+* ``L_b``: cross-entropy on the attacker's poisoned training set - the attack's own batches, with its per-batch hook
+  and training augmentation, as the normal attack trained on;
+* ``L_refine``: REFINE's loss (:meth:`core.defenses.refine.REFINE.losses`, with the paper's method settings)
+  through the attacker's own UNet T_a and label derangement M_a, on the same batches, with pseudo-labels
+  argmax F(x). T_a is trained jointly with F (one SGD optimizer): a simulated defense that F learns to please.
+
+M_a is drawn from another random stream than the defender's mapping (``derive_seed(seed, "adaptive-attacker")``),
+so the defender's REFINE run later meets a mapping the attacker never saw - the paper's explanation of why the
+attack fails.
+
+``attack.py --attack BadNets --adaptive-gamma 1.0`` runs the normal attack first when it has no finished run of
+the same settings (its own folder, reused by everything else), then fine-tunes a copy of its model. The adaptive
+model goes to ``attack/<DATASET>/<MODEL>/<ATTACK>-adaptive/``, so the normal attack's ``latest`` pointers never
+name it; the defender runs ``refine.py --attack BadNets-adaptive``.
+
+The paper gives neither γ nor the fine-tuning schedule. Ours (docs/fidelity.md): γ = 1, 20 epochs of SGD at a
+constant 0.01 with the classifier recipe's momentum, weight decay, batch size and augmentation, F in training
+mode throughout (its BatchNorm statistics see both x and T_a(x), as a joint training does).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checks import integer, learning_rate, number
+from .data import Split, memory_format
+from .errors import UserError
+from .models import UNet
+from .seeding import derive_seed
+from .settings import Setting, flag_of
+from .train import EpochState, classifier_batches, fit, make_optimizer
+
+ADAPTIVE = {
+    "adaptive_gamma": Setting(None, "the adaptive attack (the paper's Section 5.4): after the normal attack, fine-tune "
+                                    "its model on L_b + γ·L_refine through the attacker's own UNet and derangement; "
+                                    "γ > 0 (default: off). The model goes to <ATTACK>-adaptive/: defend it with "
+                                    "refine.py --attack <ATTACK>-adaptive",
+                              number(0, lo_open=True, optional=True), "method"),
+    "adaptive_epochs": Setting(20, "adaptive attack: fine-tuning epochs (with --adaptive-gamma)", integer(1), "train"),
+    "adaptive_lr": Setting(0.01, "adaptive attack: constant SGD learning rate of F and of the attacker's UNet (with "
+                                 "--adaptive-gamma; momentum and weight decay: the recipe's)", learning_rate(),
+                           "train"),
+    "adaptive_unet_channels": Setting(64, "adaptive attack: first-layer width of the attacker's UNet (with "
+                                          "--adaptive-gamma)", integer(1, 512), "method"),
+}
+SUFFIX = "-adaptive"  # the adaptive model's attack folder: <ATTACK>-adaptive
+
+
+class AdaptiveAttack:
+    """What the run's settings record of the fine-tuning code (:func:`core.runlog.method_versions`): bump
+    ``version`` whenever what :func:`adaptive_finetune` computes changes."""
+
+    name = "adaptive-attack"
+    version = 1
+
+
+def is_adaptive(config: dict) -> bool:
+    return config.get("adaptive_gamma") is not None
+
+
+def without_adaptive(config: dict) -> dict:
+    """The normal attack's configuration: the adaptive settings left out (they mean nothing without γ, and leaving
+    them out keeps the settings - and so the run folders - of the normal attack as they were before they existed)."""
+    return {k: v for k, v in config.items() if k not in ADAPTIVE}
+
+
+def split_name(attack: str) -> tuple[str, bool]:
+    """``'BadNets-adaptive'`` -> ``('BadNets', True)`` (the adaptive variant's name in compare.py's rows and
+    refine.py's ``--attack``); any other name -> ``(name, False)``."""
+    if attack.endswith(SUFFIX) and len(attack) > len(SUFFIX):
+        return attack[:-len(SUFFIX)], True
+    return attack, False
+
+
+def refuse_stray_flags(given: dict) -> None:
+    """An adaptive setting typed without ``--adaptive-gamma`` would be silently ignored: refused in one line."""
+    if given.get("adaptive_gamma") is None:
+        stray = [k for k in ADAPTIVE if k != "adaptive_gamma" and given.get(k) is not None]
+        if stray:
+            raise UserError(f"{flag_of(stray[0])} sets the adaptive attack's fine-tuning; add --adaptive-gamma G "
+                            f"(e.g. 1.0) to run it")
+
+
+def attacker_seed(seed: int) -> int:
+    """The seed of the attacker's REFINE (its UNet's start and its derangement M_a): another stream than the
+    defender's ``label-mapping`` of the same user seed."""
+    return derive_seed(seed, "adaptive-attacker")
+
+
+def adaptive_finetune(model: nn.Module, train: Split, *, gamma: float, epochs: int, lr: float, unet_channels: int,
+                      batch_size: int, momentum: float, weight_decay: float, augment: str, device, amp: bool,
+                      seed: int, roles: torch.Tensor | None = None, batch_hook: Callable | None = None,
+                      hook_after_augment: bool = False, state_path=None, fingerprint: dict | None = None,
+                      evaluate: Callable[[int], dict] | None = None, on_epoch_end=None, log=print) -> dict:
+    """Fine-tunes ``model`` (a :class:`core.models.Classifier`, images in [0, 1] -> logits, trained in place) on the
+    poisoned ``train`` split by ``L_b + gamma · L_refine`` (module docstring) through :func:`core.train.fit`.
+
+    ``roles``/``batch_hook``/``hook_after_augment``: the attack's per-batch hook, as for
+    :func:`core.train.train_classifier`. Resumable through ``state_path`` (F, T_a and the optimizer);
+    ``evaluate(epoch)`` after every epoch; ``on_epoch_end(epoch, means)`` gets the epoch's mean ``loss``,
+    ``L_b``, ``L_refine`` and ``agree`` (share of the batch where M_a∘F∘T_a agrees with the pseudo-label).
+    Returns the last epoch's means."""
+    from .defenses.refine import REFINE  # noqa: PLC0415 - the defenses import the attacks: a late import
+
+    device = torch.device(device)
+    layout = memory_format(device)
+    model.to(device).to(memory_format=layout)
+    num_classes = model.spec["num_classes"]
+    torch.manual_seed(attacker_seed(seed))  # T_a's initial weights
+    simulated = REFINE(UNet(unet_channels), model, num_classes, seed=attacker_seed(seed), device=device, amp=amp)
+    unet = simulated.unet
+    opt = make_optimizer([*model.parameters(), *unet.parameters()], "SGD", lr, momentum, weight_decay)
+    prepare = classifier_batches(augment, layout, batch_hook, hook_after_augment)
+
+    def loss_fn(x, y, mods):
+        logits = mods["model"](x)
+        backdoor = F.cross_entropy(logits.float(), y)
+        # REFINE's pseudo-labels argmax F(x), here from the forward pass L_b already made (F trains, so they move)
+        refine_loss, parts = simulated.losses(x, logits.detach().argmax(1), unet=mods["unet"], model=mods["model"])
+        return backdoor + gamma * refine_loss, {"L_b": backdoor.detach(), "L_refine": refine_loss.detach(),
+                                                "agree": parts["agree"]}
+
+    modules = {"model": model, "unet": unet}
+    if batch_hook is not None and roles is None:
+        raise ValueError("batch_hook needs the roles of the training samples")
+    return fit(loss_fn, modules, train.images, train.labels, optimizer=opt, epochs=epochs, batch_size=batch_size,
+               device=device, seed=seed, streams="adaptive-", trainable=("model", "unet"), prepare=prepare,
+               extra=roles if batch_hook is not None else None, amp=amp,
+               state=EpochState(state_path, modules, opt, fingerprint or {}) if state_path else None,
+               evaluate=evaluate, eval_every=1, on_epoch_end=on_epoch_end, log=log, desc="adaptive epoch",
+               hint="lower --adaptive-lr or --adaptive-gamma")
