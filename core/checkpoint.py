@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from . import distributed
 from .errors import UserError
 from .models import NORMALIZATION_HELP, Classifier, build_classifier, dataset_kind, resolve_normalization
 
@@ -31,8 +32,11 @@ def atomic_write(path, write: Callable) -> None:
 
     The data goes to a uniquely named temporary file in the same folder (two runs writing the same
     path at once cannot collide), is flushed and fsync'ed, then renamed over ``path``; on any failure
-    the temporary file is removed and ``path`` is left as it was.
+    the temporary file is removed and ``path`` is left as it was. Under torchrun only rank 0 writes (the other
+    ranks hold the same data: core.distributed).
     """
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

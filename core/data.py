@@ -335,16 +335,21 @@ def memory_format(device) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
 
 
-def iterate_batches(images, labels, batch_size, device, shuffle=False, generator=None, drop_last=False, extra=None):
+def iterate_batches(images, labels, batch_size, device, shuffle=False, generator=None, drop_last=False, extra=None,
+                    part=None):
     """Yields ``(x, y)`` with x float in [0, 1] on ``device``. Every sample is used unless ``drop_last``.
 
     ``images`` may already live on ``device`` (then nothing is copied but the batch slice). ``extra``: a
-    per-sample tensor (e.g. attack roles) batched alongside; then ``(x, y, extra)`` is yielded.
+    per-sample tensor (e.g. attack roles) batched alongside; then ``(x, y, extra)`` is yielded. ``part(n)``: the
+    slice of each batch of n samples to yield (under torchrun, this rank's share: core.distributed.batch_slice).
     """
     n = len(labels)
     order = torch.randperm(n, generator=generator).to(images.device) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        if part is not None:
+            idx = torch.arange(start, min(start + batch_size, n))[part(min(batch_size, n - start))] \
+                if order is None else idx[part(len(idx))]
         batch = (to_float(images[idx].to(device, non_blocking=True)), labels[idx].to(device, non_blocking=True))
         yield batch if extra is None else (*batch, extra[idx].to(device, non_blocking=True))

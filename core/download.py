@@ -17,6 +17,7 @@ import urllib.error
 from pathlib import Path
 from typing import Callable
 
+from . import distributed
 from .errors import UserError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -120,6 +121,8 @@ def ensure_data(config: dict, log: Callable[[str], None] = print) -> None:
         if dataset != "CIFAR10":
             how = IMAGENET50_HELP if dataset == "ImageNet50" else "only CIFAR-10 can be downloaded"
             raise UserError(f"--download: {how}")
-        download_cifar10(root, log=log)
+        with distributed.main_first():  # under torchrun rank 0 downloads; the others then find the data
+            if distributed.is_main():
+                download_cifar10(root, log=log)
         return
     log(f"--download: {dataset} already present at {path}; nothing downloaded")

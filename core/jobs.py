@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import file_sha256, safe_load
 from .checks import choice, integer
 from .data import DATASETS, dataset_info
@@ -54,6 +55,8 @@ def run_settings(config: dict, declared: dict, **extra) -> dict:
         if settings[key] is not None:
             settings[key] = {"sha256": file_sha256(settings[key])}
     settings.update(extra)
+    if distributed.world() > 1:  # each rank draws its own augmentation: N processes are another run than one
+        settings["processes"] = distributed.world()
     return json.loads(canonical_json(settings))
 
 
@@ -78,7 +81,7 @@ def checked_config(config: dict, declared: dict, folders: tuple[str, ...]) -> tu
     config = validate_job(config, declared)
     if str(config.get("trigger") or "").endswith((".pth", ".pt")):
         check_trigger_tensor(config["trigger"], dataset_info(config["dataset"])[1])
-    device = resolve_device(config["device"])
+    device = distributed.setup(resolve_device(config["device"]))  # under torchrun: joins the process group
     return {**config, "eval_batch_size": config["eval_batch_size"] or default_eval_batch_size(device),
             **{key: str(Path(config[key]).expanduser().resolve()) for key in folders}}, device
 
@@ -142,6 +145,7 @@ def run_job(job: Job) -> Path:
         return folder
     with run_lock(folder):
         status = check_run_folder(folder, job.settings, job.product, config.get("fresh", False))
+        distributed.barrier()  # under torchrun: every rank has read the folder before rank 0 writes to it
         if status == "finished":
             report_finished(folder, label=job.label, preset=config.get("preset"))
             return folder
@@ -151,12 +155,14 @@ def run_job(job: Job) -> Path:
             note = other_versions_note(folder, job.settings, job.product)
             if note:
                 job.notes.append(note)
-        if status == "fresh":
+        if status == "fresh" and distributed.is_main():
             shutil.rmtree(folder / STATE_DIR, ignore_errors=True)
         for write in job.deferred_writes:  # every check has passed: the first write
             write()
         run = start_run(folder, status, job.settings, config, job.notes, discard=(job.product,), header=job.header,
                         written=nest(config, job.declared))
+        run.log(f"processes: {distributed.describe()}", echo=False)
+        distributed.barrier()  # and rank 0 has written it before any rank trains
         started = time.time()
         try:
             closing = job.execute(run)

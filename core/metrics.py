@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from . import distributed
 from .data import iterate_batches, memory_format
 from .train import frozen
 
@@ -33,8 +34,11 @@ def predict(model, images: torch.Tensor, batch_size: int | None = None, device="
 
 
 def accuracy(model, images, labels, batch_size=None, device="cpu") -> dict:
-    """``{'correct', 'total', 'acc'}`` with acc in percent; every sample counts (no dropped last batch)."""
-    correct = int((predict(model, images, batch_size, device) == labels.cpu()).sum())
+    """``{'correct', 'total', 'acc'}`` with acc in percent; every sample counts (no dropped last batch). Under
+    torchrun each rank predicts its shard and the exact counts are summed (core.distributed)."""
+    part = distributed.shard(len(labels))
+    correct = int((predict(model, images[part], batch_size, device) == labels[part].cpu()).sum())
+    correct, = distributed.sum_counts(correct, device=device)
     total = len(labels)
     return {"correct": correct, "total": total, "acc": 100.0 * correct / max(total, 1)}
 

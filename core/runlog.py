@@ -51,6 +51,7 @@ except ImportError:  # not on Windows: run_lock then locks nothing (with a warni
 import yaml
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import atomic_write
 from .data import EMBEDDED_SAMPLE
 from .errors import UserError
@@ -323,6 +324,9 @@ def run_lock(folder, wait: bool = False, log=None):
     folder where another process took the lock over at that moment). Where the OS
     or the file system has no such locks, nothing is locked (with a warning)."""
     folder = Path(folder)
+    if not distributed.is_main():  # under torchrun rank 0 holds the lock and alone writes
+        yield
+        return
     if fcntl is None:
         warnings.warn(f"no file locks on this system: {folder} is not protected against a second process "
                       f"running the same command", RuntimeWarning, stacklevel=3)
@@ -491,6 +495,8 @@ def latest_pointer(preset: str | None) -> str:
 def point_latest(parent, name: str, pointer: str = LATEST) -> None:
     """Points ``parent/<pointer>`` at the run folder ``parent/name``: a relative symlink replaced atomically,
     or ``parent/<pointer>.txt`` holding the name where the file system has no symlinks."""
+    if not distributed.is_main():  # under torchrun rank 0 alone writes
+        return
     parent = Path(parent)
     tmp = parent / f".{pointer}.{uuid.uuid4().hex}.tmp"
     try:
@@ -546,17 +552,22 @@ class RunLog:
     ``metrics.json`` is changed by re-reading it, merging and rewriting it atomically under a lock per file
     within this process, so two RunLog objects (or threads) of one process never lose each other's entries.
     Across processes there is a single writer: the job holds :func:`run_lock` on the folder for the whole run.
+    Under torchrun that writer is rank 0; the other ranks keep their metrics in memory and write nothing.
     """
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writes = distributed.is_main()
+        if self.writes:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.log_path = self.folder / "log.txt"
         self.metrics_path = self.folder / "metrics.json"
         self.metrics = read_metrics(self.folder)
 
     def log(self, message: str, echo: bool = True) -> None:
         """Prints (without breaking progress bars) and appends a timestamped line to log.txt."""
+        if not self.writes:
+            return
         if echo:
             tqdm.write(message)
         with open(self.log_path, "a") as fh:
@@ -568,7 +579,7 @@ class RunLog:
     def _change(self, change) -> None:
         """Re-reads metrics.json, applies ``change(metrics)`` and writes it back atomically."""
         with _metrics_lock(self.metrics_path):
-            metrics = read_metrics(self.folder)
+            metrics = read_metrics(self.folder) if self.writes else self.metrics
             change(metrics)
             atomic_text(self.metrics_path, json.dumps(metrics, indent=2))
             self.metrics = metrics
@@ -586,7 +597,8 @@ class RunLog:
         """Forgets the metrics of an unfinished run that --fresh discards (the log keeps its history)."""
         with _metrics_lock(self.metrics_path):
             self.metrics = {}
-            self.metrics_path.unlink(missing_ok=True)
+            if self.writes:
+                self.metrics_path.unlink(missing_ok=True)
 
 
 def atomic_text(path, text: str) -> None:
@@ -609,7 +621,7 @@ def start_run(folder: Path, status: str, settings: dict, config: dict, notes: li
     the folder existed (for a 'new' folder, :func:`other_versions_note` among them). Returns the folder's
     :class:`RunLog`."""
     run = RunLog(folder)
-    if status == "fresh":
+    if status == "fresh" and distributed.is_main():
         for name in discard:
             (Path(folder) / name).unlink(missing_ok=True)
         run.discard_metrics()

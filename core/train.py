@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .augment import AUGMENTATIONS
 from .checkpoint import atomic_save, safe_load
 from .checks import choice, int_list, integer, learning_rate, number
@@ -307,10 +308,14 @@ class LossGuard:
         if (step + 1) % self.every == 0:
             self.check()
 
-    def check(self) -> None:
+    def check(self, every_rank: bool = False) -> None:
+        """Raises if the loss diverged; ``every_rank``: under torchrun, if it diverged on any rank (all stop)."""
         if self.first is None:
             return
         step = int(self.first.item())
+        if every_rank and distributed.any_rank(step != self.NONE, self.first.device) and step == self.NONE:
+            raise DivergedError(f"the loss diverged on another rank in epoch {self.epoch + 1}: training "
+                                f"diverged; {self.hint}")
         if step != self.NONE:
             raise DivergedError(f"loss became {float(self.value.item())} at epoch {self.epoch + 1}, step {step + 1}: "
                                 f"training diverged; {self.hint}")
@@ -393,11 +398,14 @@ class EpochStreams:
     def __init__(self, seed: int, prefix: str, epoch: int, device: torch.device):
         self.seed, self.prefix, self.epoch, self.device = seed, prefix, epoch, device
         self._made: dict[str, torch.Generator] = {}
+        # under torchrun the batch order is global and every other stream is the rank's own (core.distributed)
+        self.rank_tag = f"rank{distributed.rank()}-of-{distributed.world()}/" if distributed.active() else ""
 
     def __call__(self, name: str) -> torch.Generator:
         if name not in self._made:
             device = None if name == "shuffle" else self.device
-            self._made[name] = generator(self.seed, self.prefix + name, self.epoch, device=device)
+            tag = "" if name == "shuffle" else self.rank_tag
+            self._made[name] = generator(self.seed, tag + self.prefix + name, self.epoch, device=device)
         return self._made[name]
 
 
@@ -463,6 +471,9 @@ def fit(
     images, labels = images.to(device), labels.to(device)
     extra = extra.to(device) if extra is not None else None
     steps = math.ceil(len(labels) / batch_size)
+    trained = [p for name in trainable for p in modules[name].parameters()]
+    for name in trainable:  # under torchrun: every rank starts from rank 0's weights (no-ops otherwise)
+        distributed.broadcast_module(modules[name])
     guard = LossGuard(every=guard_every, hint=hint)
     fast = {k: torch.compile(m) for k, m in modules.items()} if compile else modules
 
@@ -483,7 +494,7 @@ def fit(
             sums: dict[str, torch.Tensor] = {}
             seen, t0 = 0, time.time()
             bar = tqdm(iterate_batches(images, labels, batch_size, device, shuffle=True, generator=rng("shuffle"),
-                                       extra=extra),
+                                       extra=extra, part=distributed.batch_slice if distributed.active() else None),
                        total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
                        disable=None)
             for step, (x, y, *rest) in enumerate(bar):
@@ -495,6 +506,7 @@ def fit(
                     (loss, parts), fast = try_compiled(lambda mods: backward(mods, x, y), fast, modules, log)
                 else:
                     loss, parts = backward(modules, x, y)
+                distributed.average_gradients(trained, weight=len(x))  # under torchrun: the global batch's
                 optimizer.step()
                 guard.update(loss, step)
                 seen += len(x)
@@ -502,12 +514,15 @@ def fit(
                     sums[k] = sums.get(k, 0) + v.detach().float() * len(x)
                 if step % 10 == 0 and not bar.disable:  # .item() waits for the GPU: only for a visible bar
                     bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-            guard.check()  # a diverged epoch is neither logged as done, evaluated nor saved
-            guard.check_weights(p for name in trainable for p in modules[name].parameters())
-            means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
+            guard.check(every_rank=True)  # a diverged epoch is neither logged as done, evaluated nor saved
+            guard.check_weights(trained)
+            sums = distributed.sum_tensors({**sums, "_seen": torch.tensor(float(seen))}, device)
+            seen_all = float(sums.pop("_seen"))
+            means = {k: (v / max(seen_all, 1)).item() for k, v in sums.items()}
+            distributed.broadcast_buffers(*(modules[name] for name in trainable))  # rank 0's BatchNorm statistics
             if log_epochs:
                 log(f"{desc} {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-                    + f", {seen / (time.time() - t0):.0f} img/s, lr {optimizer.param_groups[0]['lr']:.5f}")
+                    + f", {seen_all / (time.time() - t0):.0f} img/s, lr {optimizer.param_groups[0]['lr']:.5f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, means)
             # evaluate before saving: an interruption in between repeats the epoch rather than skipping its
