@@ -23,6 +23,7 @@ with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
     from core.compare import SHARED, compare, run_over_seeds, table_only_results
     from core.defenses import DEFENSES
     from core.errors import UserError
+    from core.launch import LAUNCH
     from core.run_attack import attack_job_settings
     from core.settings import add_flags
     from core.tables import markdown, write_tables
@@ -58,6 +59,7 @@ def parse_args(argv=None):
                         "(e.g. --sweep lam=0.1,1 unet_channels=16,32)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="run every cell once per seed (replaces --seed); the table shows mean ± std over the seeds")
+    add_flags(p, LAUNCH)
     p.add_argument("--skip-missing", dest="skip_missing", action="store_true",
                    help="train no attack model: defend attack.py's latest finished model of each attack, skip "
                         "an attack that has none")

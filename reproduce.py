@@ -18,6 +18,7 @@ from core.cli import check_writable, main_guard, new_parser, starting
 with starting():  # Ctrl-C while PyTorch loads: one line, exit 130
     from core.compare import SHARED
     from core.errors import UserError
+    from core.launch import LAUNCH
     from core.reproduce import ITEMS, item_named, listing, reproduce
     from core.run_attack import attack_job_settings
     from core.settings import add_flags
@@ -29,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--list", action="store_true", help="list the items and what each runs, and exit")
     p.add_argument("--preset", help="every job's preset (mini: the CPU scale; paper, the default: the paper's)")
     add_flags(p, {k: s for k, s in attack_job_settings().items() if k in SHARED and k not in ("dataset", "model")})
+    add_flags(p, LAUNCH)  # where the runs go: this process, submitit's local jobs or SLURM
     p.add_argument("--attack-config", dest="attack_config", help="YAML options for every attack.py job")
     p.add_argument("--defense-config", dest="defense_config", help="YAML options for every defense job")
     p.add_argument("--defense-data-root", dest="defense_data_root",

@@ -18,6 +18,7 @@ from .config import CONFIG_DIR, preset_path, resolve
 from .defenses import defense_class
 from .errors import UserError
 from .jobs import validate_job
+from .launch import make_executor, run_wave
 from .run_attack import AttackJob, attack_job_settings, attack_root, run_attack
 from .run_defense import DefenseJob, defaults_for, defense_job_settings, run_defense
 from .runlog import finished_run_matches, latest_run, read_latest, read_metrics, read_run_record
@@ -195,7 +196,11 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
     attack.py's latest finished model of the preset, and an attack without one is skipped.
 
     Returns (``(attack, defense, metrics)`` triples, ``{(attack, label): metrics.json path}``, failed cells).
+    ``opts.launcher`` other than local: the cells run as submitit jobs (:func:`compare_launched`).
     """
+    executor = make_executor(opts)
+    if executor is not None:
+        return compare_launched(executor, opts, log)
     attacks, defenses, configs = plan(opts)
     results, sources, failed = [], {}, []
     total, step = len(configs), 0
@@ -230,6 +235,53 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
             results.append((attack, defense, cell))
             if cell_path:
                 sources[(attack, defense)] = cell_path
+    return results, sources, failed
+
+
+def compare_launched(executor, opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]:
+    """:func:`compare` with every cell a job of ``executor`` (core.launch), in ordered waves: the missing
+    reference models (Benign before LC), the attacks, then the defenses of every attack model that finished.
+    Returns what :func:`compare` returns."""
+    attacks, defenses, configs = plan(opts)
+    if _given(opts, "skip_missing"):
+        raise UserError("--skip-missing defends the models already there: use it with --launcher local")
+    failed = []
+    references = {}
+    for attack in attacks:
+        reference = attack_class(split_name(attack)[0]).reference_attack
+        if reference and reference not in attacks and not _reference_ready(configs[(attack, NO_DEFENSE)], reference):
+            references[reference] = attack_config(opts, reference)
+    if references:
+        log(f"wave 1: the reference model(s) {', '.join(references)}")
+        for label, outcome in run_wave(executor, [(r, "attack", c) for r, c in references.items()], log).items():
+            if not isinstance(outcome, Path):
+                failed.append(f"{label}/{NO_DEFENSE}")
+    log(f"wave {1 + bool(references)}: {len(attacks)} attack job(s)")
+    models = run_wave(executor, [(a, "attack", configs[(a, NO_DEFENSE)]) for a in attacks], log)
+    results, sources, cells = [], {}, []
+    for attack in attacks:
+        metrics, path = _finished_metrics(models[attack]) if isinstance(models[attack], Path) else (None, None)
+        if metrics is None:
+            failed.append(f"{attack}/{NO_DEFENSE}")
+        else:
+            sources[(attack, NO_DEFENSE)] = path
+            cells += [(f"{attack} / {defense}", "defense",
+                       {**configs[(attack, defense)], "model_path": str(path.parent / "model.pth")})
+                      for defense in defenses]
+    if cells:
+        log(f"wave {2 + bool(references)}: {len(cells)} defense job(s)")
+    defended = run_wave(executor, cells, log) if cells else {}
+    for attack in attacks:
+        results.append((attack, None, _finished_metrics(models[attack])[0] if isinstance(models[attack], Path)
+                        else None))
+        for defense in defenses:
+            outcome = defended.get(f"{attack} / {defense}")
+            metrics, path = _finished_metrics(outcome) if isinstance(outcome, Path) else (None, None)
+            if outcome is not None and metrics is None:
+                failed.append(f"{attack}/{defense}")
+            if path:
+                sources[(attack, defense)] = path
+            results.append((attack, defense, metrics))
     return results, sources, failed
 
 

@@ -11,7 +11,7 @@ import torch
 from core.augment import random_crop_flip, random_grayscale, random_resized_crop_flip
 from core.data import load_split
 from core.errors import UserError
-from conftest import write_tree
+from conftest import one_line_refusal, write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,17 +67,18 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, capsys):
     # every output goes under tmp_path, and a refused run must not even create its output folder
     out, refine_out = tmp_path / "attack", tmp_path / "refine"
-    r = run_cli("attack.py", "--attack", "Nope", "--data-root", "/nonexistent", "--out", str(out))
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--attack must be one of" in r.stderr
-    assert "got 'Nope'" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("attack.py", "--attack", "BadNets", "--data-root", "/nonexistent", "--epochs", "1", "--out", str(out))
-    assert r.returncode == 2 and "no CIFAR10 data found under /nonexistent" in r.stderr
-    r = run_cli("refine.py", "--attack", "Blended", "--attack-dir", "/nonexistent", "--data-root", "/nonexistent",
-                "--out", str(refine_out))
-    assert r.returncode == 2 and "run `python attack.py" in r.stderr
+    line = one_line_refusal("attack", ["--attack", "Nope", "--data-root", "/nonexistent", "--out", str(out)], capsys,
+                            tmp_path)
+    assert "--attack must be one of" in line and "got 'Nope'" in line
+    line = one_line_refusal("attack", ["--attack", "BadNets", "--data-root", "/nonexistent", "--epochs", "1", "--out",
+                                       str(out)], capsys, tmp_path)
+    assert "no CIFAR10 data found under /nonexistent" in line
+    line = one_line_refusal("refine", ["--attack", "Blended", "--attack-dir", "/nonexistent", "--data-root",
+                                       "/nonexistent", "--out", str(refine_out)], capsys, tmp_path)
+    assert "run `python attack.py" in line
     assert not out.exists() and not refine_out.exists()
 
 

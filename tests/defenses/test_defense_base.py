@@ -1,7 +1,5 @@
 """The common defense interface: parts saved and reloaded by one loader, no defense mutates the model it is
 given, the one training loop, and defend.py's errors."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,8 @@ from core.defenses.parts import PARTS, spec_of
 from core.errors import UserError
 from core.models import UNet, build_classifier
 from core.train import fit, train_classifier
+
+from conftest import one_line_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = FitContext(device="cpu", log=lambda message: None)
@@ -134,18 +134,13 @@ def test_defense_names_and_aliases():
         defense_class("Magic")
 
 
-def _defend(*args):
-    return subprocess.run([sys.executable, str(ROOT / "defend.py"), *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def test_defend_cli_refuses_another_defenses_setting_and_unknown_names():
-    r = _defend("--defense", "ShrinkPad", "--rounds", "3")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert "--rounds is a setting of BTI-DBF-P, BTI-DBF-U, not of ShrinkPad" in r.stderr
-    r = _defend("--defense", "Magic")
-    assert r.returncode == 2 and "unknown defense 'Magic'" in r.stderr
-    r = _defend("--defense", "BTI-DBF-P", "--rounds", "0", "--model-path", str(ROOT / "README.md"))
-    assert r.returncode == 2 and "--rounds must be an integer >= 1, got 0" in r.stderr
+def test_defend_cli_refuses_another_defenses_setting_and_unknown_names(tmp_path, capsys):
+    line = one_line_refusal("defend", ["--defense", "ShrinkPad", "--rounds", "3"], capsys, tmp_path)
+    assert "--rounds is a setting of BTI-DBF-P, BTI-DBF-U, not of ShrinkPad" in line
+    assert "unknown defense 'Magic'" in one_line_refusal("defend", ["--defense", "Magic"], capsys, tmp_path)
+    line = one_line_refusal("defend", ["--defense", "BTI-DBF-P", "--rounds", "0", "--model-path",
+                                       str(ROOT / "README.md")], capsys, tmp_path)
+    assert "--rounds must be an integer >= 1, got 0" in line
 
 
 def test_preview_grid_has_a_row_per_stage(synthetic, tmp_path):

@@ -1,7 +1,4 @@
 """Input normalization: the authors' `backdoorbox` statistics, explicit --mean/--std, old checkpoints."""
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +8,8 @@ from core.defenses import DeployedModel, LabelRemap, load_deployed, save_deploye
 from core.errors import UserError
 from core.models import NORMALIZATIONS, UNet, build_classifier, resolve_normalization
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import one_line_refusal, run_main
+
 BACKDOORBOX = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 
@@ -87,11 +85,9 @@ def test_bad_mean_std_are_refused(mean, std, message):
         resolve_normalization("none", mean, std)
 
 
-def test_bad_mean_std_on_the_command_line_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "attack.py", "--mean", "0.5,0.5", "--std", "1,1,1", "--data-root",
-                        str(tmp_path / "none"), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--mean must be 3" in r.stderr
-    assert not (tmp_path / "out").exists()  # refused before anything is written
-    r = subprocess.run([sys.executable, "refine.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert "BackdoorBox or BTI-DBF need `backdoorbox`" in " ".join(r.stdout.split())
+def test_bad_mean_std_on_the_command_line_is_one_line(tmp_path, capsys):
+    line = one_line_refusal("attack", ["--mean", "0.5,0.5", "--std", "1,1,1", "--data-root", str(tmp_path / "none"),
+                                       "--out", str(tmp_path / "out")], capsys, tmp_path)
+    assert "--mean must be 3" in line and not (tmp_path / "out").exists()  # refused before anything is written
+    code, out, _ = run_main("refine", ["--help"], capsys)
+    assert code == 0 and "BackdoorBox or BTI-DBF need `backdoorbox`" in " ".join(out.split())
