@@ -231,7 +231,8 @@ def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list
         write_csv(rows, stem.with_suffix(".csv"))
         log(text)
         written += [md, stem.with_suffix(".csv")]
-    if item.figure is not None:
+    from .distributed import is_main  # noqa: PLC0415
+    if item.figure is not None and is_main():  # under torchrun: rank 0 draws
         written += item.figure(item, results_by_grid, sources_by_grid, opts, stem)
     return written, failed
 

@@ -17,6 +17,7 @@ run. ``sources``: ``{(attack, column label): path of the metrics.json}``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -222,7 +223,10 @@ def write_tables(results, stem, attacks=None, defenses=None, title: str = "",
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, table = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
-    md.write_text(markdown(results, attacks, defenses, title, sources))
+    from .checkpoint import atomic_write  # noqa: PLC0415 - torch only once a table is written
+
+    text = markdown(results, attacks, defenses, title, sources)
+    atomic_write(md, lambda fh: fh.write(text.encode()))  # under torchrun: rank 0 alone
     write_csv(table_rows(results, attacks, defenses), table)
     written = [md, table]
     detections = detection_rows(results, attacks, defenses)
@@ -311,10 +315,13 @@ def _csv_value(value):
 def write_csv(rows: list[dict], path) -> None:
     """Rows as CSV: floats as Python writes them (they read back equal), True/False, an empty missing cell,
     text as it is."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["attack"])
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    from .checkpoint import atomic_write  # noqa: PLC0415 - torch only once a table is written
+
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["attack"])
+    writer.writeheader()
+    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    atomic_write(path, lambda fh: fh.write(out.getvalue().encode()))  # never half a table; rank 0 alone
 
 
 def load_csv(path) -> list[dict]:
