@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 from .checks import choice, integer, text
@@ -71,6 +72,9 @@ def make_executor(opts: argparse.Namespace):
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
+    if launcher == "slurm" and shutil.which("srun") is None:
+        raise UserError("--launcher slurm: no SLURM here (srun is not on the PATH); run the command on the cluster's "
+                        "login node, or use --launcher submitit-local to run the jobs on this machine")
     executor = submitit.AutoExecutor(folder=get("submitit_folder"), cluster="local" if launcher != "slurm" else "slurm")
     gpus = get("slurm_gpus")
     params = {"timeout_min": get("slurm_time"), "name": "refine-grid"}

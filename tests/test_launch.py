@@ -2,6 +2,7 @@
 cluster."""
 import argparse
 import json
+import os
 import time
 
 import pytest
@@ -62,3 +63,25 @@ def test_a_bad_launcher_option_is_one_line(tmp_path, capsys):
     line = one_line_refusal("compare", ["--attacks", "BadNets", "--defenses", "REFINE", "--launcher", "cloud",
                                         "--out-table", str(tmp_path / "t")], capsys, tmp_path)
     assert "--launcher" in line and "slurm" in line
+
+
+def test_slurm_jobs_carry_the_partition_gpus_time_and_extra_options(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    for name in ("srun", "sbatch"):  # a cluster's commands, as far as submitit looks for them
+        (tmp_path / "bin" / name).write_text("#!/bin/sh\nexit 0\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    executor = make_executor(argparse.Namespace(launcher="slurm", slurm_partition="gpu", slurm_gpus=4,
+                                                slurm_time=90, slurm_extra="account=lab,qos=high",
+                                                submitit_folder=str(tmp_path / "jobs" / "%j")))
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --time=90", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --signal=USR2@"):
+        assert line in sbatch, (line, sbatch)  # USR2: submitit's signal that requeues a job before its time ends
+
+
+def test_slurm_without_a_cluster_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    line = one_line_refusal("compare", ["--attacks", "BadNets", "--defenses", "REFINE", "--launcher", "slurm",
+                                        "--out-table", str(tmp_path / "t")], capsys, tmp_path)
+    assert "no SLURM here" in line and "submitit-local" in line
