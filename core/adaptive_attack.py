@@ -62,6 +62,13 @@ class AdaptiveAttack:
     version = 1
 
 
+def code_run() -> tuple:
+    """The methods whose code an adaptive run executes besides its attack's, for the run's settings
+    (:func:`core.runlog.method_versions`): the fine-tuning and the REFINE it simulates."""
+    from .defenses.refine import RefineDefense  # noqa: PLC0415 - the defenses import the attacks: a late import
+    return AdaptiveAttack, RefineDefense
+
+
 def is_adaptive(config: dict) -> bool:
     return config.get("adaptive_gamma") is not None
 

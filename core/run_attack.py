@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .adaptive_attack import ADAPTIVE, SUFFIX, AdaptiveAttack, adaptive_finetune, is_adaptive, without_adaptive
+from .adaptive_attack import ADAPTIVE, SUFFIX, adaptive_finetune, code_run, is_adaptive, without_adaptive
 from .attacks import ATTACKS, POISONING, attack_class, build_attack
 from .checkpoint import atomic_save, load_classifier, save_classifier
 from .checks import choice, integer, text
@@ -147,10 +147,7 @@ class AttackJob(Job):
 
     def adaptive_methods(self) -> tuple:
         """The code the adaptive fine-tuning runs besides the attack's (none for the normal attack)."""
-        if self.normal is None:
-            return ()
-        from .defenses import defense_class  # noqa: PLC0415 - the defenses import this module's neighbours
-        return AdaptiveAttack, defense_class("REFINE")
+        return () if self.normal is None else code_run()
 
     def execute(self, run: RunLog) -> str:
         config, attack, model, train, test, device = (self.config, self.attack, self.model, self.train, self.test,
