@@ -235,3 +235,16 @@ def test_cells_over_seeds_show_mean_and_sample_std_and_a_missing_seed_counts_onc
     assert "82.00 ± 2.00" in text and "72.00 ± 2.83" in text
     row = table_rows(core.compare.over_seeds(by_seed), defenses=["REFINE"])[0]
     assert row["REFINE BA std"] == 2.83 and row["REFINE seeds"] == 2
+
+
+def test_an_adaptive_row_runs_the_adaptive_attack_and_defends_its_own_model():
+    import argparse
+    opts = argparse.Namespace(attacks=["badnets-adaptive", "BadNets"], defenses=["REFINE"], preset="mini",
+                              adaptive_gamma=0.5)
+    attacks, _, configs = core.compare.plan(opts)
+    assert attacks == ["BadNets-adaptive", "BadNets"]
+    adaptive, normal = configs[("BadNets-adaptive", NO_DEFENSE)], configs[("BadNets", NO_DEFENSE)]
+    assert (adaptive["attack"], adaptive["adaptive_gamma"]) == ("BadNets", 0.5)
+    assert normal["adaptive_gamma"] is None and normal["attack"] == "BadNets"
+    assert core.compare.attack_root(adaptive).name == "BadNets-adaptive" != core.compare.attack_root(normal).name
+    assert configs[("BadNets-adaptive", "REFINE")]["attack"] == "BadNets-adaptive"  # its own refine_res folder
