@@ -145,22 +145,25 @@ def _comm_device(device) -> torch.device:
 def average_gradients(parameters, weight: int) -> None:
     """Replaces each parameter's gradient by the sum over the ranks of ``weight`` × gradient, divided by the
     summed weights (``weight``: this rank's samples in the step): the gradient of the global batch's mean loss.
-    One all-reduce of one flat buffer per step."""
+    One all-reduce of one flat buffer per step, and no wait for the device. A parameter without a gradient keeps
+    none (the optimizer skips it, as in one process): every rank runs the same loss, so the same parameters
+    get gradients on every rank."""
     if not active():
         return
-    params = [p for p in parameters if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    device = grads[0].device if grads else torch.device("cpu")
-    flat = torch.cat([g.detach().flatten().float() * weight for g in grads]
+    params = [p for p in parameters if p.requires_grad and p.grad is not None]
+    if not params:
+        return
+    device = params[0].device
+    flat = torch.cat([p.grad.detach().flatten().float() * weight for p in params]
                      + [torch.full((1,), float(weight), device=device)])
     comm = _comm_device(device)
     flat = flat.to(comm)
     dist.all_reduce(flat)
     flat = flat.to(device)
     total, offset = flat[-1], 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = (flat[offset:offset + n] / total).view_as(g).to(g.dtype)
+    for p in params:
+        n = p.grad.numel()
+        p.grad = (flat[offset:offset + n] / total).view_as(p.grad).to(p.grad.dtype)
         offset += n
 
 
