@@ -40,7 +40,7 @@ def test_a_killed_job_resubmitted_resumes_from_its_last_epoch(tmp_path, monkeypa
     write_tree(tmp_path / "data", per_class=4)
     opts = argparse.Namespace(preset="mini", device="cpu", data_root=str(tmp_path / "data"), test_size=20,
                               attack_dir=str(tmp_path / "attack"))
-    config = {**attack_config(opts, "BadNets"), "width": 4, "epochs": 60, "eval_every": 60}
+    config = {**attack_config(opts, "BadNets"), "width": 4, "epochs": 30, "eval_every": 30}
     executor = make_executor(argparse.Namespace(launcher="submitit-local", submitit_folder=str(tmp_path / "jobs")))
     job = executor.submit(GridCell(), "attack", config)
     states = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets"
