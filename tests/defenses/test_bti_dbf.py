@@ -478,6 +478,17 @@ MID_PHASE = [(bti_dbf_unlearn, "inversion_loss", 7, "trigger inversion (1)"),
              (bti_dbf_purify, "pretrain_loss", 3, "generator pre-training (identity)")]
 
 
+_WHOLE = {}
+
+
+def _whole_run(run, model, data, cfg):
+    """The uninterrupted run the stopped ones are compared with: the same for every phase of one defense, so it is
+    made once per defense (a copy each time: no test can change another's)."""
+    if run.__name__ not in _WHOLE:
+        _WHOLE[run.__name__] = run(model, data, cfg, device="cpu", seed=0, log=_quiet)
+    return copy.deepcopy(_WHOLE[run.__name__])
+
+
 @pytest.mark.parametrize("run, loss, stop_at, phase", MID_PHASE,
                          ids=[f"{r.__name__}-{loss}" for r, loss, _, _ in MID_PHASE])
 def test_a_run_stopped_in_the_middle_of_a_phase_resumes_there_to_the_same_result(tmp_path, monkeypatch, run, loss,
@@ -486,7 +497,7 @@ def test_a_run_stopped_in_the_middle_of_a_phase_resumes_there_to_the_same_result
     data = _defender_data(32)
     cfg = _tiny_cfg(batch_size=16, mask_epochs=2, pretrain_epochs=2, inversion_epochs=2, unlearn_epochs=2,
                     purify_epochs=2)
-    whole, whole_info = run(model, data, cfg, device="cpu", seed=0, log=_quiet)
+    whole, whole_info = _whole_run(run, model, data, cfg)
     state = tmp_path / "state"
     with monkeypatch.context() as patch:
         _count_steps(patch, stop={loss: stop_at})

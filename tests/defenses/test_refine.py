@@ -135,14 +135,14 @@ def test_refine_freezes_f_lowers_asr_and_saves_a_faithful_defended_model(toy_bac
     torch.manual_seed(0)
     defense = REFINE(UNet(8), model, num_classes=4, seed=0, loss="ce")
     logs = []  # pseudo-labels once from the clean images (the other training tests take them per augmented batch)
-    defense.train(train.images, epochs=10, batch_size=32, lr=5e-3, optimizer="Adam", weight_decay=0,
+    defense.train(train.images[:200], epochs=6, batch_size=32, lr=5e-3, optimizer="Adam", weight_decay=0,
                   schedule="onecycle", pseudo_labels="clean", log=logs.append)
-    assert any(f"pseudo-labels of the {len(train)} clean images" in line for line in logs)
+    assert any("pseudo-labels of the 200 clean images" in line for line in logs)
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), f"REFINE changed F's {k}"
     after = defense.test(test, poisoned)
     assert after["ASR"] < before["ASR"] - 50, (before, after)
-    assert after["BA"] > 45, after  # chance is 25 %; 10 tiny epochs recover part of the benign accuracy
+    assert after["BA"] > 45, after  # chance is 25 %; 6 tiny epochs on 200 images recover part of the benign accuracy
 
     # the saved single-module defense gives exactly the training-time forward M(F(T(x)))
     x = test.images[:16].float() / 255  # N×3×16×16 in [0, 1]
