@@ -12,7 +12,7 @@ import itertools
 from pathlib import Path
 
 
-from .adaptive_attack import SUFFIX, split_name
+from .adaptive_attack import SUFFIX, split_name, without_adaptive
 from .attacks import attack_class
 from .config import CONFIG_DIR, preset_path, resolve
 from .defenses import defense_class
@@ -214,7 +214,7 @@ def compare(opts: argparse.Namespace, log=print) -> tuple[list, dict, list[str]]
                 f"{_summary(metrics)} (latest finished model, {path.parent})" if metrics else
                 "no finished model, skipped with its defenses (--skip-missing)"))
         else:
-            reference = attack_class(split_name(attack)[0]).reference_attack
+            reference = _reference_of(attack)
             if reference and reference not in attacks and not _reference_ready(config, reference):
                 log(f"[{step}/{total}] {attack} needs a {reference} model first: attack.py job of {reference}")
                 _run_cell(lambda: run_attack(attack_config(opts, reference)), reference, NO_DEFENSE, log, failed)
@@ -248,7 +248,7 @@ def compare_launched(executor, opts: argparse.Namespace, log=print) -> tuple[lis
     failed = []
     references = {}
     for attack in attacks:
-        reference = attack_class(split_name(attack)[0]).reference_attack
+        reference = _reference_of(attack)
         if reference and reference not in attacks and not _reference_ready(configs[(attack, NO_DEFENSE)], reference):
             references[reference] = attack_config(opts, reference)
     if references:
@@ -258,9 +258,9 @@ def compare_launched(executor, opts: argparse.Namespace, log=print) -> tuple[lis
                 failed.append(f"{label}/{NO_DEFENSE}")
     log(f"wave {1 + bool(references)}: {len(attacks)} attack job(s)")
     models = run_wave(executor, [(a, "attack", configs[(a, NO_DEFENSE)]) for a in attacks], log)
-    results, sources, cells = [], {}, []
+    results, sources, cells, made = [], {}, [], {}
     for attack in attacks:
-        metrics, path = _finished_metrics(models[attack]) if isinstance(models[attack], Path) else (None, None)
+        made[attack] = metrics, path = _job_metrics(models[attack])
         if metrics is None:
             failed.append(f"{attack}/{NO_DEFENSE}")
         else:
@@ -272,11 +272,10 @@ def compare_launched(executor, opts: argparse.Namespace, log=print) -> tuple[lis
         log(f"wave {2 + bool(references)}: {len(cells)} defense job(s)")
     defended = run_wave(executor, cells, log) if cells else {}
     for attack in attacks:
-        results.append((attack, None, _finished_metrics(models[attack])[0] if isinstance(models[attack], Path)
-                        else None))
+        results.append((attack, None, made[attack][0]))
         for defense in defenses:
             outcome = defended.get(f"{attack} / {defense}")
-            metrics, path = _finished_metrics(outcome) if isinstance(outcome, Path) else (None, None)
+            metrics, path = _job_metrics(outcome)
             if outcome is not None and metrics is None:
                 failed.append(f"{attack}/{defense}")
             if path:
@@ -285,8 +284,18 @@ def compare_launched(executor, opts: argparse.Namespace, log=print) -> tuple[lis
     return results, sources, failed
 
 
+def _job_metrics(outcome):
+    """(metrics, metrics.json path) of a job's run folder; (None, None) for a failed job (its reason, a str)."""
+    return _finished_metrics(outcome) if isinstance(outcome, Path) else (None, None)
+
+
+def _reference_of(attack: str) -> str | None:
+    """The attack whose model ``attack`` (or its adaptive variant) needs first, e.g. Benign for LC."""
+    return attack_class(split_name(attack)[0]).reference_attack
+
+
 def _reference_ready(config: dict, reference: str) -> bool:
-    normal = {k: v for k, v in config.items() if not k.startswith("adaptive_")}  # the reference is a normal run
+    normal = without_adaptive(config)  # the reference is a normal run
     return latest_run(attack_root({**normal, "attack": reference}), config.get("preset"), "model.pth") is not None
 
 

@@ -1,7 +1,6 @@
 """The job behind ``attack.py``: poison the data, train the classifier, evaluate, save everything."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,8 @@ from .errors import UserError
 from .jobs import MODEL, Job, checked_config, run_job, run_settings
 from .metrics import timed_ba_asr
 from .models import build_classifier, resolve_normalization
-from .runlog import RunLog, describe_split, format_metrics, latest_run, method_versions, run_name, tensors_sha256
+from .runlog import (RunLog, describe_split, format_metrics, latest_run, method_versions, read_metrics, run_name,
+                     tensors_sha256)
 from .settings import RUN, Setting, flag_of, merge, owners_of, shown
 from .train import CLASSIFIER_RECIPE, device_name, train_classifier
 from .defenses.base import STATE_DIR
@@ -207,7 +207,7 @@ class AttackJob(Job):
         path = normal_folder / "model.pth"
         normal, _ = load_classifier(path, config["model"], config["dataset"], self.model.spec["num_classes"])
         start_from(self.model, normal, path)
-        normal_metrics = json.loads((normal_folder / "metrics.json").read_text())["final"]
+        normal_metrics = read_metrics(normal_folder)["final"]
 
         def record(epoch: int, means: dict) -> None:
             run.append_metric("adaptive_losses", {"epoch": epoch, **means})
