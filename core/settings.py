@@ -95,9 +95,11 @@ def add_flags(parser: argparse.ArgumentParser, settings: Settings, owners: Mappi
         if help_of and key in help_of:
             s = replace(s, help=help_of[key])
         flags = [s.flag(key), *s.aliases]
-        s = replace(s, help=s.help.replace("%", "%%"))  # argparse formats help with %
         extra = f" [{', '.join(owners[key])}]" if owners and key in owners else ""
         default = f" (default {shown(s.default)})" if s.default is not None else ""
+        # argparse formats help with %: escape the help and the default (e.g. submitit's "%j" folder)
+        s = replace(s, help=s.help.replace("%", "%%"))
+        default = default.replace("%", "%%")
         if s.store_const is not None:
             parser.add_argument(*flags, dest=key, action="store_const", const=s.store_const, help=s.help + extra)
         elif s.check is not None and s.check.parse is parse_bool:  # --flag alone means true
