@@ -5,6 +5,7 @@ the paper's numbers beside ours.
     python reproduce.py table1 --preset mini                # Table 1 at the CPU scale: results/reproduce/table1_mini.md
     python reproduce.py table6 --preset paper --device cuda # the paper's recipe
     python reproduce.py table3 --preset mini --table-only   # runs nothing: the finished runs of these settings
+    python reproduce.py table1 --preset mini --attacks BadNets Blended   # only these rows
     python reproduce.py figure5                             # every attack's trigger on the same images (PNG)
     python reproduce.py table9 --preset mini --defense-data-root ~/CINIC-10   # REFINE trained on CINIC-10
 
@@ -29,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("item", nargs="?", help=f"table or figure: {', '.join(ITEMS)}")
     p.add_argument("--list", action="store_true", help="list the items and what each runs, and exit")
     p.add_argument("--preset", help="every job's preset (mini: the CPU scale; paper, the default: the paper's)")
+    p.add_argument("--attacks", nargs="+", metavar="ATTACK",
+                   help="only these of the item's attacks (default: all); the table leaves the others out and says so")
     add_flags(p, {k: s for k, s in attack_job_settings().items() if k in SHARED and k not in ("dataset", "model")})
     add_flags(p, LAUNCH)  # where the runs go: this process, submitit's local jobs or SLURM
     p.add_argument("--attack-config", dest="attack_config", help="YAML options for every attack.py job")

@@ -9,7 +9,7 @@ the item's figure where it has one. A new item is one :func:`register` call belo
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -149,7 +149,7 @@ def _shown(value, implemented: bool = True) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
 
-def markdown(item: Item, rows: list[dict], preset: str) -> str:
+def markdown(item: Item, rows: list[dict], preset: str, left_out: list[str] = ()) -> str:
     lines = [f"### {item.name}: {item.summary} (preset {preset})", ""]
     if item.paper_table:
         from .paper import describe  # noqa: PLC0415
@@ -160,6 +160,8 @@ def markdown(item: Item, rows: list[dict], preset: str) -> str:
     if preset != "paper":
         lines.append(f"Ours are at the `{preset}` preset's scale, the paper's at its own: compare the pattern, "
                      f"not the digits.")
+    if left_out:
+        lines.append(f"Rows left out by --attacks: {', '.join(left_out)}.")
     lines += [f"{', '.join(item.measures)}; BA / ASR in %, Δ = ours − paper; n/i: a baseline this toolkit does not "
               f"implement; {MISSING}: no finished run (or no paper number).", ""]
     header, body = ["data / model", "attack", "defense"], []
@@ -196,12 +198,27 @@ def grids_to_run(item: Item, opts, log=print) -> list[tuple[str, str]]:
     return grids
 
 
+def chosen_attacks(item: Item, attacks) -> Item:
+    """The item restricted to ``attacks`` (a subset of its own, in its order; None or empty: all of them), so that
+    a user runs only the rows they can afford. Left-out rows are absent from the table, never filled from
+    elsewhere."""
+    if not attacks:
+        return item
+    unknown = [a for a in attacks if a not in item.attacks]
+    if unknown:
+        raise UserError(f"--attacks: {', '.join(unknown)} not among {item.name}'s attacks "
+                        f"({', '.join(item.attacks) or 'none'}); name some of those")
+    return replace(item, attacks=tuple(a for a in item.attacks if a in attacks))
+
+
 def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list[Path], list[str]]:
     """Runs (or, with ``opts.table_only``, only collects) the item's runs and writes its table and figure.
-    ``opts``: compare.py's options (preset, device, seed, data_root, attack_dir, defense_dir, test_size, ...) and
-    ``out_table`` (the stem of the written files). Returns (written paths, failed cells)."""
+    ``opts``: compare.py's options (preset, device, seed, data_root, attack_dir, defense_dir, test_size, ...),
+    ``attacks`` (a subset of the item's attacks, or None) and ``out_table`` (the stem of the written files).
+    Returns (written paths, failed cells)."""
     from .compare import compare, table_only_results  # noqa: PLC0415 - torch is loaded only to run
-    item = item_named(item_name)
+    full = item_named(item_name)
+    item = chosen_attacks(full, getattr(opts, "attacks", None))
     preset = getattr(opts, "preset", None) or "paper"
     stem = Path(getattr(opts, "out_table", None) or f"results/reproduce/{item.name}_{preset}")
     run = table_only_results if getattr(opts, "table_only", False) else compare
@@ -223,7 +240,7 @@ def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list
     written = []
     if item.columns or item.attacks:
         rows = table_rows(item, results_by_grid, sources_by_grid)
-        text = markdown(item, rows, preset)
+        text = markdown(item, rows, preset, [a for a in full.attacks if a not in item.attacks])
         stem.parent.mkdir(parents=True, exist_ok=True)
         md = stem.with_suffix(".md")
         from .checkpoint import atomic_write  # noqa: PLC0415

@@ -22,7 +22,8 @@ def test_list_names_every_table_and_figure(capsys):
 
 @pytest.mark.parametrize("argv, says", [(["table99"], "unknown item 'table99'"),
                                         (["table9"], "table9 needs --defense-data-root"),
-                                        ([], "name an item")])
+                                        ([], "name an item"),
+                                        (["table4", "--attacks", "WaNet"], "--attacks: WaNet not among table4's")])
 def test_unknown_or_unbuilt_items_are_refused_in_one_line(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
     err = one_line_refusal("reproduce", argv + ["--preset", "mini"], capsys, tmp_path)
@@ -98,3 +99,16 @@ def test_the_overhead_table_reads_training_time_and_inference_speed_from_the_run
     assert rows["REFINE"]["train minutes"] == 25.0 and rows["REFINE"]["train minutes paper"] == 36.70
     assert rows["REFINE"]["inference s / 10k images"] == 21.5
     assert rows["BTI-DBF-P"]["train minutes paper"] == 15.49 and rows["BTI-DBF-P"]["train minutes"] is None
+
+
+def test_attacks_narrows_an_item_to_the_rows_asked_for_and_says_which_are_left_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["table1", "--preset", "mini", "--table-only", "--attacks", "WaNet", "BadNets", "--attack-dir",
+            str(tmp_path / "attack"), "--defense-dir", str(tmp_path / "defense"), "--out-table", str(tmp_path / "t1")]
+    code, out, err = run_main("reproduce", argv, capsys)
+    assert code == 0, err
+    rows = load_csv(tmp_path / "t1.csv")
+    assert [r["attack"] for r in rows if r["defense"] == "No Defense"] == ["BadNets", "WaNet"]  # the item's order
+    assert rows[0]["BA paper"] == 91.24 and rows[0]["BA"] is None  # no run: the paper's number, ours missing
+    text = (tmp_path / "t1.md").read_text()
+    assert "Rows left out by --attacks: Blended, Physical, BATT, LC, Adaptive." in text
