@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,10 @@ def test_a_killed_job_resubmitted_resumes_from_its_last_epoch(tmp_path, monkeypa
                               attack_dir=str(tmp_path / "attack"))
     config = {**attack_config(opts, "BadNets"), "width": 4, "epochs": 30, "eval_every": 30}
     executor = make_executor(argparse.Namespace(launcher="submitit-local", submitit_folder=str(tmp_path / "jobs")))
-    job = executor.submit(GridCell(), "attack", config)
+    # the slow cell's subprocess imports it from tests/; 30 epochs of at least a second each leave the cancel time
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    from slow_cell import SlowGridCell
+    job = executor.submit(SlowGridCell(), "attack", config)
     states = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets"
     deadline = time.time() + 120
     while not list(states.glob("*/state/train_state.pth")) and time.time() < deadline:

@@ -1,0 +1,19 @@
+"""A grid cell that pauses one second after saving each epoch's state, for tests/test_launch.py: submitit's local
+executor runs it in another process, and the test cancels it mid-run with many seconds to spare instead of racing a
+tiny run that may finish before the cancel arrives (as it did on an idle machine)."""
+import time
+
+import core.train
+from core.launch import GridCell
+
+
+class SlowGridCell(GridCell):
+    def __call__(self, kind: str, config: dict) -> str:
+        save = core.train.EpochState.save
+
+        def save_then_pause(state, *args, **kwargs):
+            save(state, *args, **kwargs)
+            time.sleep(1.0)
+
+        core.train.EpochState.save = save_then_pause
+        return super().__call__(kind, config)
