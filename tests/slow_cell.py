@@ -1,7 +1,9 @@
 """A grid cell that pauses one second after saving each epoch's state, for tests/test_launch.py: submitit's local
-executor runs it in another process, and the test cancels it mid-run with many seconds to spare instead of racing a
+executor runs it in another process, and the test kills it mid-run with many seconds to spare instead of racing a
 tiny run that may finish before the cancel arrives (as it did on an idle machine)."""
+import os
 import time
+from pathlib import Path
 
 import core.train
 from core.launch import GridCell
@@ -9,6 +11,7 @@ from core.launch import GridCell
 
 class SlowGridCell(GridCell):
     def __call__(self, kind: str, config: dict) -> str:
+        Path(os.environ["SLOW_CELL_PID_FILE"]).write_text(str(os.getpid()))  # the test kills this process
         save = core.train.EpochState.save
 
         def save_then_pause(state, *args, **kwargs):

@@ -3,6 +3,7 @@ cluster."""
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -45,13 +46,16 @@ def test_a_killed_job_resubmitted_resumes_from_its_last_epoch(tmp_path, monkeypa
     executor = make_executor(argparse.Namespace(launcher="submitit-local", submitit_folder=str(tmp_path / "jobs")))
     # the slow cell's subprocess imports it from tests/; 30 epochs of at least a second each leave the cancel time
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("SLOW_CELL_PID_FILE", str(tmp_path / "cell.pid"))
     from slow_cell import SlowGridCell
     job = executor.submit(SlowGridCell(), "attack", config)
     states = tmp_path / "attack" / "CIFAR10" / "ResNet18" / "BadNets"
     deadline = time.time() + 120
     while not list(states.glob("*/state/train_state.pth")) and time.time() < deadline:
         time.sleep(0.2)
-    job.cancel()  # as a preempted or killed job: the process ends mid-run
+    # killed mid-run, as a node failure or an OOM kill does. Not job.cancel(): its SIGINT is ignored when the test
+    # runs in the background (a shell's `&` or nohup), and the run then simply finished.
+    os.kill(int((tmp_path / "cell.pid").read_text()), signal.SIGKILL)
     deadline = time.time() + 60
     while not job.done() and time.time() < deadline:
         time.sleep(0.2)
