@@ -149,7 +149,8 @@ def _shown(value, implemented: bool = True) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
 
-def markdown(item: Item, rows: list[dict], preset: str, left_out: list[str] = ()) -> str:
+def markdown(item: Item, rows: list[dict], preset: str, left_out: tuple | list = ()) -> str:
+    """The item's Markdown table; ``left_out``: the item's attacks that --attacks left out (named above it)."""
     lines = [f"### {item.name}: {item.summary} (preset {preset})", ""]
     if item.paper_table:
         from .paper import describe  # noqa: PLC0415

@@ -1,6 +1,6 @@
 """A grid cell that pauses one second after saving each epoch's state, for tests/test_launch.py: submitit's local
 executor runs it in another process, and the test kills it mid-run with many seconds to spare instead of racing a
-tiny run that may finish before the cancel arrives (as it did on an idle machine)."""
+tiny run that may finish first (job.cancel()'s SIGINT is ignored under a background shell)."""
 import os
 import time
 from pathlib import Path

@@ -44,7 +44,7 @@ def test_a_killed_job_resubmitted_resumes_from_its_last_epoch(tmp_path, monkeypa
                               attack_dir=str(tmp_path / "attack"))
     config = {**attack_config(opts, "BadNets"), "width": 4, "epochs": 30, "eval_every": 30}
     executor = make_executor(argparse.Namespace(launcher="submitit-local", submitit_folder=str(tmp_path / "jobs")))
-    # the slow cell's subprocess imports it from tests/; 30 epochs of at least a second each leave the cancel time
+    # the slow cell's subprocess imports it from tests/; 30 epochs of at least a second each leave the kill time
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("SLOW_CELL_PID_FILE", str(tmp_path / "cell.pid"))
     from slow_cell import SlowGridCell
