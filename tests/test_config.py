@@ -1,5 +1,6 @@
 """Preset resolution: layers in order, and the embedded-sample section chosen by the data that is found."""
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,31 @@ def test_refine_follows_the_authors_supcon_and_crops_except_in_the_mini_preset(t
     assert (paper["supcon_views"], paper["augment"]) == (2, "refine")  # the authors' code
     mini = resolve("refine", REFINE_DEFAULTS, args(preset="mini", data_root=str(tmp_path)))
     assert (mini["supcon_views"], mini["augment"]) == (1, "refine_clamp")  # what the mini recipe was tuned with
+
+
+def _refine_recipe(config):
+    from core.defenses.refine import RefineDefense
+    return {k: config[k] for k in RefineDefense.settings}
+
+
+def test_ft_refine_runs_refines_own_mini_recipe_after_fine_tuning(tmp_path):
+    make_cifar_tree(tmp_path)
+    refine = resolve("refine", REFINE_DEFAULTS, args(preset="mini", data_root=str(tmp_path)))
+    both = resolve("defense", defaults_for("FT+REFINE"), args(preset="mini", defense="FT+REFINE",
+                                                              data_root=str(tmp_path)))
+    assert _refine_recipe(both) == _refine_recipe(refine)  # a REFINE recipe change reaches Table 13 too
+
+
+def test_the_short_overlay_cuts_only_refines_epochs_and_compilation(tmp_path):
+    make_cifar_tree(tmp_path)
+    overlay = str(Path(__file__).resolve().parent.parent / "configs" / "overlays" / "refine_short.yaml")
+    for task, name in (("refine", "REFINE"), ("defense", "FT+REFINE")):
+        mini = resolve(task, defaults_for(name), args(preset="mini", defense=name, data_root=str(tmp_path)))
+        short = resolve(task, defaults_for(name), args(preset="mini", defense=name, config=overlay,
+                                                       data_root=str(tmp_path)))
+        changed = {k for k in mini if mini[k] != short[k]}
+        assert changed == {"epochs", "compile"} and (short["epochs"], short["compile"]) == (4, False)
+        assert mini["epochs"] == 12
+    ft = resolve("defense", defaults_for("FT"), args(preset="mini", defense="FT", config=overlay,
+                                                    data_root=str(tmp_path)))
+    assert ft == resolve("defense", defaults_for("FT"), args(preset="mini", defense="FT", data_root=str(tmp_path)))
