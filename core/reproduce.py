@@ -149,8 +149,9 @@ def _shown(value, implemented: bool = True) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
 
-def markdown(item: Item, rows: list[dict], preset: str, left_out: tuple | list = ()) -> str:
-    """The item's Markdown table; ``left_out``: the item's attacks that --attacks left out (named above it)."""
+def markdown(item: Item, rows: list[dict], preset: str, left_out: tuple | list = (), configs: dict | None = None) -> str:
+    """The item's Markdown table; ``left_out``: the item's attacks that --attacks left out (named above it);
+    ``configs``: the YAML files read over the preset ({"--defense-config": path, ...}), named above it too."""
     lines = [f"### {item.name}: {item.summary} (preset {preset})", ""]
     if item.paper_table:
         from .paper import describe  # noqa: PLC0415
@@ -161,6 +162,8 @@ def markdown(item: Item, rows: list[dict], preset: str, left_out: tuple | list =
     if preset != "paper":
         lines.append(f"Ours are at the `{preset}` preset's scale, the paper's at its own: compare the pattern, "
                      f"not the digits.")
+    if configs:
+        lines.append("Read over the preset: " + ", ".join(f"`{flag} {path}`" for flag, path in configs.items()) + ".")
     if left_out:
         lines.append(f"Rows left out by --attacks: {', '.join(left_out)}.")
     lines += [f"{', '.join(item.measures)}; BA / ASR in %, Δ = ours − paper; n/i: a baseline this toolkit does not "
@@ -241,7 +244,9 @@ def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list
     written = []
     if item.columns or item.attacks:
         rows = table_rows(item, results_by_grid, sources_by_grid)
-        text = markdown(item, rows, preset, [a for a in full.attacks if a not in item.attacks])
+        configs = {f"--{key.replace('_', '-')}": getattr(opts, key) for key in ("attack_config", "defense_config")
+                   if getattr(opts, key, None)}
+        text = markdown(item, rows, preset, [a for a in full.attacks if a not in item.attacks], configs)
         stem.parent.mkdir(parents=True, exist_ok=True)
         md = stem.with_suffix(".md")
         from .checkpoint import atomic_write  # noqa: PLC0415

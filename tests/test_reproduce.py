@@ -83,6 +83,7 @@ def test_an_item_runs_its_grid_once_and_tables_the_runs_beside_the_paper(tmp_pat
     assert rows["ZIP"]["BA paper"] == 81.95 and rows["ZIP"]["BA"] is None
     text = (tmp_path / "out" / "tiny.md").read_text()
     assert "84.51" in text and "Table 1" in text and "`mini` preset" in text
+    assert f"Read over the preset: `--attack-config {tmp_path / 'attack.yaml'}`." in text  # not the preset alone
     # the same command again runs nothing; --table-only finds the same runs
     code, out, _ = run_main("reproduce", argv, capsys)
     assert code == 0 and out.count("already finished") == 2
