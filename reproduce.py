@@ -8,6 +8,7 @@ the paper's numbers beside ours.
     python reproduce.py table1 --preset mini --attacks BadNets Blended   # only these rows
     python reproduce.py figure5                             # every attack's trigger on the same images (PNG)
     python reproduce.py table9 --preset mini --defense-data-root ~/CINIC-10   # REFINE trained on CINIC-10
+    python reproduce.py table7 --preset mini --defense-config configs/overlays/refine_short.yaml  # 4-epoch REFINE
 
 Each item is a grid of attack.py / defend.py jobs (compare.py's job runs them: a finished run of the same settings
 is reused, an unfinished one resumed, a failed cell reported in one line). Writes <out-table>.md and .csv (ours,
