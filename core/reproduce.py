@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .settings import flag_of
 from .tables import MISSING, NO_DEFENSE, md_table, write_csv
 
 SEVEN_ATTACKS = ("BadNets", "Blended", "WaNet", "Physical", "BATT", "LC", "Adaptive")
@@ -231,7 +232,7 @@ def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list
     if item.given:
         value = getattr(opts, item.given, None)
         if not value:
-            raise UserError(f"{item.name} needs --{item.given.replace('_', '-')} (see `python reproduce.py --list`)")
+            raise UserError(f"{item.name} needs {flag_of(item.given)} (see `python reproduce.py --list`)")
         extra = {item.given: value}
     implemented = [(c.name, c.defense, {**c.overrides, **extra}) for c in item.columns if c.defense is not None]
     for dataset, model in (grids_to_run(item, opts, log) if item.attacks else []):
@@ -244,7 +245,7 @@ def reproduce(item_name: str, opts: argparse.Namespace, log=print) -> tuple[list
     written = []
     if item.columns or item.attacks:
         rows = table_rows(item, results_by_grid, sources_by_grid)
-        configs = {f"--{key.replace('_', '-')}": getattr(opts, key) for key in ("attack_config", "defense_config")
+        configs = {flag_of(key): getattr(opts, key) for key in ("attack_config", "defense_config")
                    if getattr(opts, key, None)}
         text = markdown(item, rows, preset, [a for a in full.attacks if a not in item.attacks], configs)
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +276,7 @@ def listing() -> str:
         columns = ", ".join(c.name for c in item.columns)
         runs = (f"{len(item.attacks)} attack(s) [{', '.join(item.attacks)}] × [{columns}] on {grids}"
                 if item.attacks else "no training runs")
-        runs += f"; needs --{item.given.replace('_', '-')}" if item.given else ""
+        runs += f"; needs {flag_of(item.given)}" if item.given else ""
         lines.append(f"{item.name:9s} {item.summary}\n{'':9s} runs: {runs}")
     return "\n".join(lines)
 

@@ -1,10 +1,9 @@
 """Preset resolution: layers in order, and the embedded-sample section chosen by the data that is found."""
 import argparse
-from pathlib import Path
 
 import pytest
 
-from core.config import resolve
+from core.config import CONFIG_DIR, resolve
 from core.errors import UserError
 from core.run_attack import attack_job_settings
 from core.run_defense import defaults_for
@@ -91,24 +90,20 @@ def test_refine_follows_the_authors_supcon_and_crops_except_in_the_mini_preset(t
     assert (mini["supcon_views"], mini["augment"]) == (1, "refine_clamp")  # what the mini recipe was tuned with
 
 
-def _refine_recipe(config):
-    from core.defenses.refine import RefineDefense
-    return {k: config[k] for k in RefineDefense.settings if k in config}
-
-
 @pytest.mark.parametrize("variant", ["FT+REFINE", "T-MR"])
 def test_refines_variants_run_refines_own_mini_recipe(tmp_path, variant):
+    from core.defenses.refine import RefineDefense
     make_cifar_tree(tmp_path)
-    refine = _refine_recipe(resolve("refine", REFINE_DEFAULTS, args(preset="mini", data_root=str(tmp_path))))
+    refine = resolve("refine", REFINE_DEFAULTS, args(preset="mini", data_root=str(tmp_path)))
     config = resolve("defense", defaults_for(variant), args(preset="mini", defense=variant, data_root=str(tmp_path)))
-    shared = set(refine) & set(config)  # T-MR has no UNet settings
-    assert len(shared) >= len(refine) - 2
+    shared = set(RefineDefense.settings) & set(config)  # T-MR has no UNet settings
+    assert len(shared) >= len(RefineDefense.settings) - 2
     assert {k: config[k] for k in shared} == {k: refine[k] for k in shared}  # a REFINE change reaches Tables 10, 13
 
 
 def test_the_short_overlay_cuts_only_refines_epochs_and_compilation(tmp_path):
     make_cifar_tree(tmp_path)
-    overlay = str(Path(__file__).resolve().parent.parent / "configs" / "overlays" / "refine_short.yaml")
+    overlay = str(CONFIG_DIR / "overlays" / "refine_short.yaml")
     for task, name in (("refine", "REFINE"), ("defense", "FT+REFINE"), ("defense", "T-MR")):
         mini = resolve(task, defaults_for(name), args(preset="mini", defense=name, data_root=str(tmp_path)))
         short = resolve(task, defaults_for(name), args(preset="mini", defense=name, config=overlay,
