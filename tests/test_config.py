@@ -104,7 +104,8 @@ def test_refines_variants_run_refines_own_mini_recipe(tmp_path, variant):
 def test_the_short_overlay_cuts_only_refines_epochs_and_compilation(tmp_path):
     make_cifar_tree(tmp_path)
     overlay = str(CONFIG_DIR / "overlays" / "refine_short.yaml")
-    for task, name in (("refine", "REFINE"), ("defense", "FT+REFINE"), ("defense", "T-MR")):
+    for task, name in (("refine", "REFINE"), ("refine", "REFINE-BB"), ("defense", "FT+REFINE"),
+                       ("defense", "T-MR")):
         mini = resolve(task, defaults_for(name), args(preset="mini", defense=name, data_root=str(tmp_path)))
         short = resolve(task, defaults_for(name), args(preset="mini", defense=name, config=overlay,
                                                        data_root=str(tmp_path)))
