@@ -113,3 +113,14 @@ def test_attacks_narrows_an_item_to_the_rows_asked_for_and_says_which_are_left_o
     assert rows[0]["BA paper"] == 91.24 and rows[0]["BA"] is None  # no run: the paper's number, ours missing
     text = (tmp_path / "t1.md").read_text()
     assert "Rows left out by --attacks: Blended, Physical, BATT, LC, Adaptive." in text
+
+
+def test_table8_at_the_mini_scale_runs_the_papers_width_ratios_beside_the_papers_widths():
+    mini = ITEMS["table8"].for_preset("mini")
+    assert [c.overrides["unet_channels"] for c in mini.columns] == [8, 12, 16, 20]  # the mini UNet has 16, not 64
+    assert [c.overrides["unet_channels"] for c in ITEMS["table8"].for_preset("paper").columns] == [32, 48, 64, 80]
+    results = {("CIFAR10", "ResNet18"): [("BadNets", mini.columns[0].name, {"final": {"BA": 70.0, "ASR": 3.0}})]}
+    rows = {r["defense"]: r for r in table_rows(mini, results, {})}
+    narrowest = rows["REFINE unet_channels=8 (the paper's 32)"]
+    assert (narrowest["BA"], narrowest["BA paper"], narrowest["ASR paper"]) == (70.0, 89.49, 1.09)
+    assert rows["REFINE unet_channels=20 (the paper's 80)"]["BA paper"] == 91.07
