@@ -189,7 +189,7 @@ class REFINE:
     def train(self, images: torch.Tensor, *, pseudo_labels: str = "augmented", compile: bool = False,
               fused: bool = False, state_path=None, fingerprint: dict | None = None,
               evaluate: Callable[[int], dict] | None = None, eval_every: int = 10,
-              log: Callable[[str], None] = print, **recipe) -> nn.Module:
+              log: Callable[[str], None] = print, desc: str = "REFINE epoch", **recipe) -> nn.Module:
         """Trains T on unlabeled uint8 images N×C×H×W (labels are never used), through :func:`core.train.fit`.
 
         ``recipe``: the settings of :data:`RECIPE` (``epochs``, ``batch_size``, ``lr``, ``optimizer``,
@@ -203,6 +203,7 @@ class REFINE:
         kernels on CUDA. Resumable through ``state_path`` like :func:`core.train.train_classifier`;
         ``evaluate(epoch)`` runs every ``eval_every`` epochs and after the last. A non-finite loss raises
         ``DivergedError`` and keeps the state of the last good epoch (:class:`core.train.LossGuard`).
+        ``desc``: the progress lines' prefix (a variant names itself: "T-MR epoch").
         """
         if pseudo_labels not in ("augmented", "clean"):
             raise UserError(f"unknown pseudo-label mode {pseudo_labels!r}; choose augmented or clean")
@@ -231,7 +232,7 @@ class REFINE:
             amp=self.amp,
             lr_at=lambda progress: lr_factor(schedule, progress, epochs, milestones, gamma), compile=compile,
             state=EpochState(state_path, {"unet": self.unet}, opt, fingerprint or {}) if state_path else None,
-            evaluate=evaluate, eval_every=eval_every, log=log, desc="REFINE epoch", guard_every=10)
+            evaluate=evaluate, eval_every=eval_every, log=log, desc=desc, guard_every=10)
         self.unet.eval()
         return self.unet
 
@@ -266,7 +267,7 @@ class RefineDefense(Defense):
         refine.train(data.images, **{k: self.values[k] for k in RECIPE}, pseudo_labels=self.pseudo_labels,
                      compile=ctx.compile, fused=ctx.fused, state_path=ctx.state_path("train_state.pth"),
                      fingerprint=ctx.fingerprint, evaluate=evaluate if ctx.evaluate else None,
-                     eval_every=ctx.eval_every, log=ctx.log)
+                     eval_every=ctx.eval_every, log=ctx.log, desc=f"{self.name} epoch")
         return refine.defended_model()
 
     def write_outputs(self, deployed: DeployedModel, folder: Path) -> list[Path]:

@@ -164,7 +164,10 @@ def test_fine_tuning_deploys_the_tuned_copy_not_the_given_model(synthetic):
 
 
 def test_tmr_applies_its_perturbation_in_eval_mode_too(synthetic):
-    deployed = TMR(epochs=1, batch_size=16, optimizer="Adam", lr=1e-2).fit(_model(), synthetic(32), QUIET).eval()
+    logs = []
+    deployed = TMR(epochs=1, batch_size=16, optimizer="Adam", lr=1e-2).fit(
+        _model(), synthetic(32), FitContext(device="cpu", log=logs.append)).eval()
+    assert any(line.startswith("T-MR epoch 1/1") for line in logs), "its progress lines name another method"
     x = torch.rand(4, 3, 32, 32) * 0.5 + 0.25  # inside (0, 1): a shift shows, the clamp does not hide it
     assert deployed.transform.delta.abs().sum() > 0, "T-MR trained no perturbation"
     assert not torch.equal(deployed.transform(x), x), "the perturbation is not applied in eval mode"
