@@ -282,8 +282,8 @@ def listing() -> str:
         runs = (f"{len(item.attacks)} attack(s) [{', '.join(item.attacks)}] × [{columns}] on {grids}"
                 if item.attacks else "no training runs")
         runs += f"; needs {flag_of(item.given)}" if item.given else ""
-        for preset, columns in item.preset_columns.items():
-            runs += f"\n{'':9s} at --preset {preset}: [{', '.join(c.name for c in columns)}]"
+        for preset, preset_columns in item.preset_columns.items():
+            runs += f"\n{'':9s} at --preset {preset}: [{', '.join(c.name for c in preset_columns)}]"
         lines.append(f"{item.name:9s} {item.summary}\n{'':9s} runs: {runs}")
     return "\n".join(lines)
 
