@@ -203,7 +203,8 @@ class AttackJob(Job):
         config = self.config
         normal_folder = run_job(self.normal)
         run.log(f"adaptive attack: fine-tuning the model of {normal_folder} (γ {config['adaptive_gamma']}, "
-                f"{config['adaptive_epochs']} epochs at lr {config['adaptive_lr']})")
+                f"{config['adaptive_epochs']} epochs at lr {config['adaptive_lr']}, F's BatchNorm in the simulated "
+                f"REFINE pass: {config['adaptive_bn']})")
         path = normal_folder / "model.pth"
         normal, _ = load_classifier(path, config["model"], config["dataset"], self.model.spec["num_classes"])
         start_from(self.model, normal, path)
@@ -216,13 +217,13 @@ class AttackJob(Job):
                           lr=config["adaptive_lr"], unet_channels=config["adaptive_unet_channels"],
                           batch_size=config["batch_size"], momentum=config["momentum"],
                           weight_decay=config["weight_decay"], augment=config["augment"], device=self.device,
-                          amp=config["amp"], seed=config["seed"],
+                          amp=config["amp"], seed=config["seed"], bn=config["adaptive_bn"],
                           **self.attack.hook_arguments(plan, len(poisoned_train)),
                           state_path=run.folder / STATE_DIR / "adaptive_state.pth", fingerprint=self.settings,
                           evaluate=evaluate, on_epoch_end=record, log=run.log)
         return {"adaptive": {"gamma": config["adaptive_gamma"], "epochs": config["adaptive_epochs"],
                              "lr": config["adaptive_lr"], "unet_channels": config["adaptive_unet_channels"],
-                             "normal_model": str(path), "normal_final": normal_metrics}}
+                             "bn": config["adaptive_bn"], "normal_model": str(path), "normal_final": normal_metrics}}
 
 
 def run_attack(config: dict) -> Path:

@@ -27,6 +27,25 @@ def test_fine_tuning_lowers_the_attackers_refine_loss_and_keeps_the_backdoor(toy
     assert any(p.grad is not None for p in model.parameters())  # F itself was trained, not only T_a
 
 
+def test_eval_bn_runs_the_simulated_refine_pass_in_evaluation_mode_and_joint_in_training_mode(toy_backdoors):
+    """Every BatchNorm call of one fine-tuning epoch, by mode: 'joint' trains F on x and on T_a(x) (its running
+    statistics gather both), 'eval' runs the T_a(x) pass as the defender's REFINE runs F, and puts F back."""
+    seen = {}
+    for bn in ("joint", "eval"):
+        toy = toy_backdoors()
+        model, train = toy.model.train(), toy.attack.poison_train(toy.train)[0].subset(torch.arange(64))
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        calls = []
+        first.register_forward_pre_hook(lambda module, args: calls.append(module.training))
+        adaptive_finetune(model, train, gamma=1.0, epochs=1, lr=0.01, unet_channels=4, batch_size=32, momentum=0.9,
+                          weight_decay=0.0, augment="flip", device="cpu", amp=False, seed=0, bn=bn,
+                          log=lambda m: None)
+        seen[bn] = calls
+        assert all(m.training for m in model.modules()), bn  # the modes F had are restored
+    assert seen["joint"] == [True, True] * 2  # two steps of 32: F(x), then F(T_a(x)), both in training mode
+    assert seen["eval"] == [True, False] * 2  # F(x) trains; F(T_a(x)) uses the running statistics
+
+
 def test_the_attackers_derangement_is_not_the_defenders():
     for seed in range(5):
         defender = random_derangement(10, generator(seed, "label-mapping"))
