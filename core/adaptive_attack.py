@@ -42,7 +42,9 @@ from .errors import UserError
 from .models import UNet
 from .seeding import derive_seed
 from .settings import Setting, flag_of
-from .train import EpochState, classifier_batches, fit, make_optimizer
+from .train import EpochState, classifier_batches, fit, make_optimizer, modes_kept
+
+BN_MODES = ("eval", "joint")  # F's mode in the simulated REFINE's pass (--adaptive-bn)
 
 ADAPTIVE = {
     "adaptive_gamma": Setting(None, "the adaptive attack (the paper's Section 5.4): after the normal attack, fine-tune "
@@ -58,7 +60,7 @@ ADAPTIVE = {
                                    "--adaptive-gamma): 'eval' runs it in evaluation mode, as the defender's REFINE "
                                    "runs the frozen model (running statistics from x alone); 'joint' trains it in "
                                    "training mode, so its BatchNorm running statistics gather x and T_a(x) alike",
-                           choice(("eval", "joint")), "method"),
+                           choice(BN_MODES), "method"),
     "adaptive_unet_channels": Setting(64, "adaptive attack: first-layer width of the attacker's UNet (with "
                                           "--adaptive-gamma)", integer(1, 512), "method"),
 }
@@ -116,16 +118,10 @@ def attacker_seed(seed: int) -> int:
 @contextlib.contextmanager
 def evaluation_mode(module: nn.Module, active: bool = True):
     """``module`` in evaluation mode inside the block (when ``active``), its own modes restored after."""
-    if not active:
+    with modes_kept(module):
+        if active:
+            module.eval()
         yield
-        return
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def adaptive_finetune(model: nn.Module, train: Split, *, gamma: float, epochs: int, lr: float, unet_channels: int,
@@ -146,8 +142,8 @@ def adaptive_finetune(model: nn.Module, train: Split, *, gamma: float, epochs: i
     Returns the last epoch's means."""
     from .defenses.refine import REFINE  # noqa: PLC0415 - the defenses import the attacks: a late import
 
-    if bn not in ("eval", "joint"):
-        raise ValueError(f"bn must be 'eval' or 'joint', got {bn!r}")
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     device = torch.device(device)
     layout = memory_format(device)
     model.to(device).to(memory_format=layout)

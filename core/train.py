@@ -377,7 +377,7 @@ def frozen(*modules: nn.Module):
 
 
 @contextlib.contextmanager
-def _modes_kept(*modules: nn.Module):
+def modes_kept(*modules: nn.Module):
     """Context: every submodule's train/eval mode as it was on entry, restored on exit (also on an exception)."""
     modes = [(m, m.training) for module in modules for m in module.modules()]
     try:
@@ -485,7 +485,7 @@ def fit(
         return loss, parts
 
     means: dict[str, float] = {}
-    with _modes_kept(*modules.values()), _frozen(*frozen):
+    with modes_kept(*modules.values()), _frozen(*frozen):
         for epoch in range(start, epochs):
             for name, module in modules.items():
                 module.train(name in trainable)

@@ -1,7 +1,8 @@
 """How much of a model's BA loss is in its BatchNorm running statistics? BA/ASR of a saved model as it is, then
 after its BatchNorm running means and variances are recomputed on clean training images (a cumulative average
-over the images, weights untouched). Made for the adaptive attack (Table 4): its fine-tuning runs F in training
-mode on x and on T_a(x), so the running statistics mix both distributions, while F is evaluated on x alone.
+over the images, weights untouched: ``torch.optim.swa_utils.update_bn``). Made for the adaptive attack (Table 4):
+its first version (``--adaptive-bn joint``) runs F in training mode on x and on T_a(x), so the running statistics
+mix both distributions, while F is evaluated on x alone.
 
     python experiments/probe_bn_recalibration.py attack/CIFAR10/ResNet18/BadNets-adaptive/latest/model.pth
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.attacks import restore_attack  # noqa: E402
@@ -24,21 +26,10 @@ from core.metrics import ba_asr  # noqa: E402
 
 def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> int:
     """Replaces every BatchNorm layer's running statistics by their average over ``images`` (uint8 N×C×H×W,
-    converted to float in [0, 1]): momentum None makes the running estimate a cumulative average. Returns the
-    number of BatchNorm layers reset."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
+    converted to float in [0, 1]). Returns the number of BatchNorm layers reset."""
     with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            model(to_float(images[i:i + batch_size]))
-    for m, (momentum, training) in zip(layers, saved):
-        m.momentum = momentum
-        m.train(training)
-    return len(layers)
+        update_bn((to_float(images[i:i + batch_size]) for i in range(0, len(images), batch_size)), model)
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def main():
